@@ -1,0 +1,177 @@
+"""The project's canonical dataset form: one Parquet annotation table and one Parquet skeleton table.
+
+Every dataset reader (synthetic, FineDiving, MTL-AQA) produces the annotation table below, and every
+later stage consumes only this form.
+
+Annotation table, one row per dive (``ANNOTATION_SCHEMA``):
+
+=================  ==================  ==========================================================
+column             type                meaning
+=================  ==================  ==========================================================
+id                 string              ``"<video_name>/<dive_index>"``, unique
+video_name         string              broadcast / source video name (FineDiving key part 1)
+dive_index         int64               dive number inside that video (FineDiving key part 2)
+video_path         string              mp4 file or frame folder, relative to the dataset root
+start_frame        int64               first frame of the dive inside ``video_path`` (inclusive)
+end_frame          int64               last frame of the dive inside ``video_path`` (inclusive)
+num_frames         int64               ``end_frame - start_frame + 1``
+dive_number        string              FINA dive number, position letter lower-case (``"407c"``)
+difficulty         float64             degree of difficulty (DD)
+judge_scores       list<float64>       the judges' marks (empty when the source has none)
+final_score        float64             the official dive score
+transitions        list<int64>         last frame of each step, 0-based within the dive (empty
+                                       when the source has no step labels, e.g. MTL-AQA)
+frame_labels       list<int64>         one sub-action id per frame of the dive (empty when absent)
+split              string              ``"train"``, ``"val"`` or ``"test"``
+=================  ==================  ==========================================================
+
+Skeleton table, one row per (dive, frame, joint) (``SKELETON_SCHEMA``): ``id``, ``frame`` (0-based
+within the dive), ``joint`` (0..15, MPII order of spec §1.4), ``x``, ``y`` (pixels of the source video
+frame, origin at the top-left corner, x to the right, y down) and ``confidence`` in [0, 1].
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+MPII_JOINTS: tuple[str, ...] = (
+    "right_ankle",
+    "right_knee",
+    "right_hip",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "pelvis",
+    "thorax",
+    "upper_neck",
+    "head_top",
+    "right_wrist",
+    "right_elbow",
+    "right_shoulder",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+)
+NUM_JOINTS = len(MPII_JOINTS)
+
+ANNOTATION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("video_name", pa.string(), nullable=False),
+        pa.field("dive_index", pa.int64(), nullable=False),
+        pa.field("video_path", pa.string(), nullable=False),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),
+        pa.field("num_frames", pa.int64(), nullable=False),
+        pa.field("dive_number", pa.string(), nullable=False),
+        pa.field("difficulty", pa.float64(), nullable=False),
+        pa.field("judge_scores", pa.list_(pa.float64()), nullable=False),
+        pa.field("final_score", pa.float64(), nullable=False),
+        pa.field("transitions", pa.list_(pa.int64()), nullable=False),
+        pa.field("frame_labels", pa.list_(pa.int64()), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+    ]
+)
+
+SKELETON_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("joint", pa.int8(), nullable=False),
+        pa.field("x", pa.float32(), nullable=False),
+        pa.field("y", pa.float32(), nullable=False),
+        pa.field("confidence", pa.float32(), nullable=False),
+    ]
+)
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing or malformed; the message names the file and the problem."""
+
+
+def dive_id(video_name: str, dive_index: int) -> str:
+    """The canonical id of a dive: ``"<video_name>/<dive_index>"``."""
+    return f"{video_name}/{int(dive_index)}"
+
+
+def normalize_dive_number(value: str) -> str:
+    """``"407C"`` → ``"407c"``; surrounding whitespace removed."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty dive number")
+    return text[:-1] + text[-1].lower() if text[-1].isalpha() else text
+
+
+def annotation_table(rows: list[dict]) -> pa.Table:
+    """Build an annotation table from row dicts, checking the schema and the table's invariants.
+
+    Raises:
+        DatasetError: on missing columns, duplicate ids, bad splits or inconsistent frame counts.
+    """
+    missing = [name for name in ANNOTATION_SCHEMA.names if any(name not in r for r in rows)]
+    if missing:
+        raise DatasetError(f"annotation rows lack column(s) {sorted(set(missing))}")
+    table = pa.Table.from_pylist(
+        [{name: r[name] for name in ANNOTATION_SCHEMA.names} for r in rows],
+        schema=ANNOTATION_SCHEMA,
+    )
+    validate_annotations(table)
+    return table
+
+
+def validate_annotations(table: pa.Table, source: str = "annotation table") -> None:
+    """Check the invariants every canonical annotation table satisfies.
+
+    Raises:
+        DatasetError: naming ``source`` and the first offending dive.
+    """
+    if not table.schema.equals(ANNOTATION_SCHEMA, check_metadata=False):
+        raise DatasetError(
+            f"{source}: schema differs from the canonical one:\n{table.schema}\nexpected:\n"
+            f"{ANNOTATION_SCHEMA}"
+        )
+    seen: set[str] = set()
+    for row in table.to_pylist():
+        rid = row["id"]
+        if rid in seen:
+            raise DatasetError(f"{source}: duplicate id {rid!r}")
+        seen.add(rid)
+        if row["split"] not in SPLITS:
+            raise DatasetError(f"{source}: dive {rid!r} has split {row['split']!r}, not one of {SPLITS}")
+        n = row["num_frames"]
+        if n != row["end_frame"] - row["start_frame"] + 1 or n <= 0:
+            raise DatasetError(
+                f"{source}: dive {rid!r} has num_frames={n} but frames "
+                f"{row['start_frame']}..{row['end_frame']}"
+            )
+        labels = row["frame_labels"]
+        if labels and len(labels) != n:
+            raise DatasetError(f"{source}: dive {rid!r} has {len(labels)} frame labels for {n} frames")
+        transitions = row["transitions"]
+        if any(not 0 <= t < n for t in transitions) or transitions != sorted(set(transitions)):
+            raise DatasetError(
+                f"{source}: dive {rid!r} has transitions {transitions} outside 0..{n - 1} or unsorted"
+            )
+
+
+def read_annotations(path: Path) -> pa.Table:
+    """Read and validate a canonical annotation Parquet file.
+
+    Raises:
+        DatasetError: if the file is missing, unreadable or violates the canonical schema.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation table not found")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
+    table = table.replace_schema_metadata(None)
+    validate_annotations(table, source=str(path))
+    return table
