@@ -1,0 +1,103 @@
+"""The ``hpmcore`` command line.
+
+hpmcore data inspect --format {finediving,mtl-aqa,canonical} PATH... [--json]
+hpmcore synth --out DIR [--num-dives N] [--seed S] [--params params.yaml] [--no-render]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+from hpmcore.config import ConfigError, SynthConfig, load_params
+from hpmcore.data.canonical import DatasetError
+from hpmcore.logs import setup_logging
+
+log = logging.getLogger("hpmcore")
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from hpmcore.data.inspect import format_summary, read_dataset, summarize
+
+    table, problems = read_dataset(args.format, args.paths)
+    summary = summarize(table, problems)
+    print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
+    return 0
+
+
+def _export_finediving(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from hpmcore.data.canonical import read_annotations
+    from hpmcore.data.finediving import export_finediving
+
+    if args.out.exists():
+        raise DatasetError(f"{args.out}: already exists; choose a new output folder")
+    skeleton_path = args.dataset / "skeletons.parquet"
+    if not skeleton_path.is_file():
+        raise DatasetError(f"{skeleton_path}: skeleton table not found (needed for FineDiving-Pose files)")
+    annotations = read_annotations(args.dataset / "annotations.parquet")
+    export_finediving(annotations, pq.read_table(skeleton_path), args.dataset, args.out)
+    print(f"exported {annotations.num_rows} dives to {args.out}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from hpmcore.data.synth import generate_dataset
+
+    base = load_params(args.params).synth if args.params else SynthConfig()
+    overrides = {"num_dives": args.num_dives, "seed": args.seed}
+    cfg = dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"{args.out}: already exists (pass --overwrite to replace it)")
+    summary = generate_dataset(cfg, args.out, render=not args.no_render)
+    print(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpmcore", description="HP-MCoRe action quality assessment tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    inspect = data.add_parser("inspect", help="read a dataset and print counts, ranges and problems")
+    inspect.add_argument("--format", required=True, choices=["finediving", "mtl-aqa", "canonical"])
+    inspect.add_argument("paths", nargs="+", type=Path, help="dataset root folder or annotation/split files")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(func=_inspect)
+
+    export = data.add_parser(
+        "export-finediving", help="write a canonical dataset (e.g. a synthetic one) in FineDiving's layout"
+    )
+    export.add_argument("dataset", type=Path, help="folder with annotations.parquet and skeletons.parquet")
+    export.add_argument("out", type=Path, help="output folder (must not exist)")
+    export.set_defaults(func=_export_finediving)
+
+    synth = sub.add_parser("synth", help="generate a synthetic diving dataset")
+    synth.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
+    synth.add_argument("--num-dives", type=int, default=None)
+    synth.add_argument("--seed", type=int, default=None)
+    synth.add_argument("--params", type=Path, default=None, help="take the other synth values from here")
+    synth.add_argument("--no-render", action="store_true", help="annotations and skeletons only, no mp4")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    synth.set_defaults(func=_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError) as exc:
+        print(f"hpmcore: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The one place that talks to MLflow: a SQLite tracking store and an artifact folder under a state dir.
+
+Everything else in the project (flows, stages) goes through these functions, so the tracking URI is
+set in exactly one place and never deep inside a flow.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+MAX_PARAM_LENGTH = 6000  # MLflow 3 limit for a param value is 6000 characters
+
+
+def tracking_uri(state_dir: Path) -> str:
+    """``sqlite:///<state_dir>/mlflow.db`` (absolute)."""
+    return f"sqlite:///{(Path(state_dir) / 'mlflow.db').resolve()}"
+
+
+def artifact_root(state_dir: Path) -> Path:
+    """Where run artifacts are stored: ``<state_dir>/mlartifacts``."""
+    return (Path(state_dir) / "mlartifacts").resolve()
+
+
+def client(state_dir: Path) -> MlflowClient:
+    """An MLflow client on the project's SQLite store (created on first use)."""
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri(state_dir))
+
+
+def ensure_experiment(state_dir: Path, name: str) -> str:
+    """The id of experiment ``name``, created with its artifacts under ``state_dir`` if missing."""
+    c = client(state_dir)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root(state_dir) / name
+    return c.create_experiment(name, artifact_location=location.as_uri())
+
+
+@contextmanager
+def start_run(
+    state_dir: Path, experiment: str, run_name: str, tags: Mapping[str, str] | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """Open an MLflow run in the project's store; it is ended (FAILED on exception) on exit."""
+    mlflow.set_tracking_uri(tracking_uri(state_dir))
+    experiment_id = ensure_experiment(state_dir, experiment)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
+        yield run
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log a flat mapping of params; long values are truncated to MLflow's limit."""
+    mlflow.log_params({k: str(v)[:MAX_PARAM_LENGTH] for k, v in params.items()})
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics (non-numeric values are skipped)."""
+    numeric = {
+        k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    mlflow.log_metrics(numeric, step=step)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Store ``text`` as an artifact at ``artifact_file`` of the active run."""
+    mlflow.log_text(text, artifact_file)
+
+
+def log_dict(obj: Any, artifact_file: str) -> None:
+    """Store ``obj`` as a JSON artifact at ``artifact_file`` of the active run."""
+    mlflow.log_text(json.dumps(obj, indent=2, sort_keys=True, default=str), artifact_file)
+
+
+def log_file(path: Path, artifact_path: str | None = None) -> None:
+    """Copy a file into the active run's artifacts."""
+    mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Set string tags on the active run."""
+    mlflow.set_tags(dict(tags))
+
+
+def read_artifact_text(state_dir: Path, run_id: str, artifact_file: str) -> str:
+    """The text of one artifact of a finished run (used by audits and tests)."""
+    c = client(state_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = c.download_artifacts(run_id, artifact_file, tmp)
+        return Path(local).read_text()
