@@ -17,7 +17,6 @@ Every pickle is read with :func:`hpmcore.data.safe_pickle.safe_load`.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 import shutil
@@ -42,9 +41,8 @@ from hpmcore.data.canonical import (
     validate_annotations,
 )
 from hpmcore.data.safe_pickle import safe_load
+from hpmcore.data.split_files import assign_splits, few, report, report_unsplit
 from hpmcore.io import atomic_path
-
-log = logging.getLogger(__name__)
 
 ANNOTATIONS_DIR = "Annotations"
 FRAMES_DIR = "FINADiving_MTL_256s"
@@ -364,17 +362,6 @@ def _frame_numbers(folder: Path) -> list[int] | None:
 # Reader.
 
 
-def _report(problems: list[str] | None, message: str) -> None:
-    log.warning("%s", message)
-    if problems is not None:
-        problems.append(message)
-
-
-def _few(items: Sequence[Any], limit: int = 10, quote: bool = True) -> str:
-    shown = ", ".join(repr(i) if quote else str(i) for i in items[:limit])
-    return shown + (f", … ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def read_finediving(paths: Sequence[Path], problems: list[str] | None = None) -> pa.Table:
     """Read FineDiving annotations into the canonical annotation table.
 
@@ -420,49 +407,31 @@ def read_finediving(paths: Sequence[Path], problems: list[str] | None = None) ->
         only_fine = [k for k in fine if k not in coarse]
         only_coarse = [k for k in coarse if k not in fine]
         if only_fine:
-            _report(
-                problems, f"{len(only_fine)} key(s) have step labels but no coarse entry: {_few(only_fine)}"
+            report(
+                problems, f"{len(only_fine)} key(s) have step labels but no coarse entry: {few(only_fine)}"
             )
         if only_coarse:
-            _report(
+            report(
                 problems,
-                f"{len(only_coarse)} key(s) have a coarse entry but no step labels: {_few(only_coarse)}",
+                f"{len(only_coarse)} key(s) have a coarse entry but no step labels: {few(only_coarse)}",
             )
         for key in fine:
             if key in coarse:
                 _compare(fine[key], coarse[key], key, differences)
     for (name, first, second), cases in differences.items():
-        _report(
+        report(
             problems,
             f"{name} differs between {first} and {second} for {len(cases)} key(s), using the first: "
-            + _few(cases, quote=False),
+            + few(cases, quote=False),
         )
 
-    split_of: dict[Key, tuple[str, Path]] = {}
-    for split in ("train", "test"):
-        for path in files.splits[split]:
-            for key in read_split_pickle(path):
-                if key not in order:
-                    raise DatasetError(f"{path}: split key {key!r} is in no annotation file")
-                if key in split_of:
-                    other_split, other = split_of[key]
-                    if other_split != split:
-                        raise DatasetError(
-                            f"{path}: key {key!r} is in both the {other_split} split ({other}) and {split}"
-                        )
-                    _report(problems, f"{path}: key {key!r} listed twice")
-                    continue
-                split_of[key] = (split, path)
-    dropped = [key for key in order if key not in split_of]
-    if dropped:
-        _report(
-            problems, f"{len(dropped)} annotation key(s) are in no split and were dropped: {_few(dropped)}"
-        )
+    split_of = assign_splits(files.splits, read_split_pickle, order, "is in no annotation file", problems)
+    report_unsplit(list(order), split_of, problems)
 
     rows = []
     for key in order:
         if key in split_of:
-            rows.append(_row(key, fine.get(key), coarse.get(key), split_of[key][0], files.root, problems))
+            rows.append(_row(key, fine.get(key), coarse.get(key), split_of[key], files.root, problems))
     return annotation_table(rows)
 
 
@@ -489,7 +458,7 @@ def _row(
         start, end = numbers[0], numbers[-1]
         frames_from = str(root / rel)
         if len(numbers) != end - start + 1:
-            _report(problems, f"{root / rel}: {len(numbers)} frame files for frames {start}..{end} (gaps)")
+            report(problems, f"{root / rel}: {len(numbers)} frame files for frames {start}..{end} (gaps)")
     elif coarse is not None:
         start, end = coarse.start_frame, coarse.end_frame
         frames_from = f"{coarse.source} start/end_frame"
@@ -499,7 +468,7 @@ def _row(
     else:
         raise DatasetError(f"key {key!r}: no frame folder {root / rel}, no coarse frames and no frame labels")
     if numbers == []:
-        _report(problems, f"{root / rel}: frame folder has no .jpg files; frames from {frames_from}")
+        report(problems, f"{root / rel}: frame folder has no .jpg files; frames from {frames_from}")
     n = end - start + 1
     transitions = fine.transitions if fine else []
     labels = fine.frame_labels if fine else []
@@ -742,7 +711,7 @@ def _write_frames(rows: list[dict], dataset_root: Path, frames_out: Path) -> Non
                         files[int(stem)] = Path(entry.path)
             missing = sorted(set(wanted) - set(files))
             if missing:
-                raise DatasetError(f"{source}: no frame file for frame(s) {_few(missing)}")
+                raise DatasetError(f"{source}: no frame file for frame(s) {few(missing)}")
             for frame, targets in wanted.items():
                 for target in targets:
                     shutil.copyfile(files[frame], target)

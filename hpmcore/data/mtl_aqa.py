@@ -13,7 +13,6 @@ Every pickle is read with :func:`hpmcore.data.safe_pickle.safe_load`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +22,7 @@ import pyarrow as pa
 
 from hpmcore.data.canonical import DatasetError, annotation_table, dive_id, normalize_dive_number
 from hpmcore.data.safe_pickle import safe_load
-
-log = logging.getLogger(__name__)
+from hpmcore.data.split_files import assign_splits, report_unsplit
 
 ANNOTATION_FILE = "final_annotations_dict_with_dive_number.pkl"
 TRAIN_SPLIT_FILE = "train_split_0.pkl"
@@ -48,6 +46,14 @@ def _check_key(path: Path, key: Any) -> Key:
     ):
         raise DatasetError(f"{path}: key {key!r} is not a (video_id: int, dive_idx: int) tuple")
     return (int(key[0]), int(key[1]))
+
+
+def _read_split(path: Path) -> list[Key]:
+    """A split pickle: a list of ``(video_id, dive_idx)`` keys."""
+    keys = safe_load(path, encoding="latin1")
+    if not isinstance(keys, list | tuple):
+        raise DatasetError(f"{path}: expected a list of (video_id, dive_idx) keys, got {type(keys).__name__}")
+    return [_check_key(path, key) for key in keys]
 
 
 def _as_float(path: Path, key: Any, name: str, value: Any) -> float:
@@ -174,39 +180,6 @@ def read_mtl_aqa(paths: Sequence[Path], problems: list[str] | None = None) -> pa
         key = _check_key(ann_path, raw_key)
         rows[key] = _parse_value(ann_path, key, value)
 
-    split_of: dict[Key, tuple[str, Path]] = {}
-    for split in ("train", "test"):
-        for path in split_paths[split]:
-            keys = safe_load(path, encoding="latin1")
-            if not isinstance(keys, list | tuple):
-                raise DatasetError(
-                    f"{path}: expected a list of (video_id, dive_idx) keys, got {type(keys).__name__}"
-                )
-            for raw_key in keys:
-                key = _check_key(path, raw_key)
-                if key not in rows:
-                    raise DatasetError(f"{path}: split key {key!r} is not in {ann_path}")
-                if key in split_of:
-                    other_split, other = split_of[key]
-                    if other_split != split:
-                        raise DatasetError(
-                            f"{path}: key {key!r} is in both the {other_split} split ({other}) and {split}"
-                        )
-                    _report(problems, f"{path}: key {key!r} listed twice")
-                    continue
-                split_of[key] = (split, path)
-    dropped = [key for key in rows if key not in split_of]
-    if dropped:
-        shown = ", ".join(map(repr, dropped[:10])) + (
-            f", … ({len(dropped) - 10} more)" if len(dropped) > 10 else ""
-        )
-        _report(problems, f"{len(dropped)} annotation key(s) are in no split and were dropped: {shown}")
-    return annotation_table(
-        [{**row, "split": split_of[key][0]} for key, row in rows.items() if key in split_of]
-    )
-
-
-def _report(problems: list[str] | None, message: str) -> None:
-    log.warning("%s", message)
-    if problems is not None:
-        problems.append(message)
+    split_of = assign_splits(split_paths, _read_split, rows, f"is not in {ann_path}", problems)
+    report_unsplit(list(rows), split_of, problems)
+    return annotation_table([{**row, "split": split_of[key]} for key, row in rows.items() if key in split_of])
