@@ -1,0 +1,293 @@
+"""The assembled HP-MCoRe model on cached features: shapes, transition policy, caching, ablations,
+parameter counts (spec §14.1), a one-batch overfit and query/exemplar antisymmetry after training."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from hpmcore.models.hpmcore import (
+    HPMCoRe,
+    ModelConfig,
+    VideoInputs,
+    build_hpmcore,
+    pair_losses,
+)
+from hpmcore.models.pooling import seg_pool_1d
+from hpmcore.models.segmentation import decode_halves, decode_joint, fixed_thirds
+
+T, J = 12, 3  # tiny: 12 frames, 3 clips (clip stride 4)
+GT = torch.tensor([[3, 8], [2, 7], [4, 9], [1, 6], [5, 10], [3, 6]])
+SCORES = torch.tensor([80.0, 60.0, 70.0, 65.0, 90.0, 55.0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _videos(n: int, *, seed: int = 0, cfg: ModelConfig | None = None) -> VideoInputs:
+    cfg = cfg or ModelConfig.tiny()
+    g = torch.Generator().manual_seed(seed)
+    return VideoInputs(
+        i3d=torch.randn(n, J, cfg.i3d_dim, generator=g),
+        static=torch.randn(n, cfg.num_frames, cfg.static_dim, generator=g),
+        skeleton=torch.randn(n, 2, cfg.num_frames, 16, 1, generator=g),
+        transitions=GT[:n].clone(),
+    )
+
+
+def _select(v: VideoInputs, index: list[int]) -> VideoInputs:
+    idx = torch.tensor(index)
+    return VideoInputs(
+        i3d=v.i3d[idx],
+        static=None if v.static is None else v.static[idx],
+        skeleton=None if v.skeleton is None else v.skeleton[idx],
+        transitions=None if v.transitions is None else v.transitions[idx],
+    )
+
+
+def _count(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shapes and the transition policy (§5.5)
+
+
+def test_output_shapes_tiny_config() -> None:
+    cfg = ModelConfig.tiny()
+    model = build_hpmcore(cfg)
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    out = model(q, e)
+    b, f3, d = 2, 3 * cfg.fix_size, cfg.dim
+    assert out.delta_qe.shape == (b,) and out.delta_eq.shape == (b,)
+    assert out.delta_fu.shape == (2 * b,) and out.delta_st is not None and out.delta_st.shape == (2 * b,)
+    assert out.seg_logits is not None and out.seg_logits.shape == (2 * b, T, 2)
+    assert out.dn_logits is not None and out.dn_logits.shape == (2 * b, cfg.dn_classes)
+    assert out.fused_tokens[0].shape == (b, f3, d) and out.fused_tokens[1].shape == (b, f3, d)
+    assert out.static_tokens is not None and out.static_tokens[0].shape == (b, f3, d)
+    assert out.transitions.shape == (2 * b, 2) and out.transitions.dtype == torch.long
+    assert out.splash is None
+    torch.testing.assert_close(out.delta_qe, (out.delta_fu[:b] + out.delta_st[:b]) / 2)  # λ = 1
+
+
+def test_training_pools_with_gt_and_eval_with_decoded() -> None:
+    model = build_hpmcore(ModelConfig.tiny())
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    out = model.train()(q, e)
+    assert torch.equal(out.transitions, torch.cat([q.transitions, e.transitions]))
+    out = model.eval()(q, e)
+    decoded = decode_halves(out.seg_logits)
+    assert torch.equal(out.transitions, decoded) and torch.equal(out.predicted, decoded)
+    with pytest.raises(ValueError, match="query ground-truth transitions"):
+        model.train()(VideoInputs(q.i3d, q.static, q.skeleton), e)
+    with pytest.raises(ValueError, match="ground-truth transitions"):
+        model.train().encode(VideoInputs(q.i3d, q.static, q.skeleton))
+    # Eval: exemplars without ground truth are fine; the queries' ground truth is kept for L_tas / tIoU.
+    out = model.eval()(q, VideoInputs(e.i3d, e.static, e.skeleton))
+    assert torch.equal(out.query.gt, q.transitions) and out.exemplar.gt is None
+
+
+def test_exemplar_gt_at_test_and_joint_decoding() -> None:
+    cfg = ModelConfig.tiny(exemplar_gt_at_test=True, decode="joint")
+    model = build_hpmcore(cfg).eval()
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    out = model(q, e)
+    assert torch.equal(out.query.transitions, decode_joint(out.query.seg_logits))
+    assert torch.equal(out.exemplar.transitions, e.transitions)
+    assert torch.equal(out.exemplar.predicted, decode_joint(out.exemplar.seg_logits))
+
+
+def test_pooling_uses_frame_and_clip_transitions() -> None:
+    """The static tokens are the reduced seg_pool_1d of the static features with frame transitions."""
+    cfg = ModelConfig.tiny()
+    model = build_hpmcore(cfg).train()
+    v = _videos(2, seed=3)
+    enc = model.encode(v)
+    pooled = seg_pool_1d(v.static, v.transitions, fix_size=cfg.fix_size)
+    f = cfg.fix_size
+    for k in range(3):
+        torch.testing.assert_close(
+            enc.static[:, k * f : (k + 1) * f], model.reducers["static"][k](pooled[:, k * f : (k + 1) * f])
+        )
+
+
+def test_cached_encodings_give_the_same_deltas_as_forward() -> None:
+    """Spec §10.2: in eval mode encoding each video once and running only the pair heads is exact."""
+    for exemplar_gt in (False, True):
+        model = build_hpmcore(ModelConfig.tiny(exemplar_gt_at_test=exemplar_gt)).eval()
+        q, pool = _videos(2, seed=1), _videos(4, seed=2)
+        with torch.no_grad():
+            cache_q = model.encode(q).detach()
+            cache_e = model.encode(pool, use_gt=model.exemplar_uses_gt()).detach()
+            pick = [3, 1]
+            direct = model(q, _select(pool, pick))
+            cached = model.forward_pair(cache_q, cache_e.select(pick))
+        torch.testing.assert_close(cached.delta_qe, direct.delta_qe, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cached.delta_eq, direct.delta_eq, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ablations
+
+
+def test_without_segmentation_uses_fixed_thirds_and_no_tas() -> None:
+    cfg = ModelConfig.tiny(use_segmentation=False)
+    model = build_hpmcore(cfg)
+    assert model.segmenter is None
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    for mode in (True, False):
+        out = model.train(mode)(q, e)
+        assert torch.equal(out.transitions, fixed_thirds(4, T)) and out.seg_logits is None
+    terms = pair_losses(out, score_q=SCORES[:2], score_e=SCORES[2:4], weights=cfg.loss_weights)
+    assert terms.tas is None and cfg.loss_weights.tas == 0.0
+    # No static branch and no segmenter: static features are not needed at all.
+    cfg = ModelConfig.tiny(use_segmentation=False, use_static=False)
+    out = build_hpmcore(cfg)(VideoInputs(q.i3d, None, q.skeleton), VideoInputs(e.i3d, None, e.skeleton))
+    assert out.delta_qe.shape == (2,)
+
+
+def test_without_static_branch_delta_is_the_fused_delta() -> None:
+    model = build_hpmcore(ModelConfig.tiny(use_static=False))
+    assert "static" not in model.reducers and "st" not in model.decoders
+    out = model(_videos(2, seed=1), _videos(2, seed=2))
+    assert out.delta_st is None and out.static_tokens is None
+    torch.testing.assert_close(torch.cat([out.delta_qe, out.delta_eq]), out.delta_fu)
+
+
+def test_lambda_weights_the_static_branch() -> None:
+    model = build_hpmcore(ModelConfig.tiny(lam=3.0))
+    out = model(_videos(2, seed=1), _videos(2, seed=2))
+    expected = (out.delta_fu + 3.0 * out.delta_st) / 4.0
+    torch.testing.assert_close(torch.cat([out.delta_qe, out.delta_eq]), expected)
+
+
+def test_without_skeleton_has_no_pose_parts() -> None:
+    model = build_hpmcore(ModelConfig.tiny(use_skeleton=False))
+    assert model.skeleton is None
+    assert all(not hasattr(block, "pose_proj") for block in model.fusion)
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    out = model(
+        VideoInputs(q.i3d, q.static, None, q.transitions), VideoInputs(e.i3d, e.static, None, e.transitions)
+    )
+    assert out.dn_logits is None and out.delta_qe.shape == (2,)
+
+
+def test_contrastive_weight_zero_and_splash_head() -> None:
+    cfg = ModelConfig.tiny(contrastive_weight=0.0, splash_head=True, splash_weight=0.5)
+    model = build_hpmcore(cfg)
+    out = model(_videos(2, seed=1), _videos(2, seed=2))
+    assert out.splash is not None and out.splash.shape == (4,)
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    terms = pair_losses(
+        out, score_q=SCORES[:2], score_e=SCORES[2:4], weights=cfg.loss_weights, splash_target=target
+    )
+    assert terms.contrastive_fu is None and terms.contrastive_st is None
+    torch.testing.assert_close(terms.total, terms.aqa + terms.tas + 0.5 * terms.splash)
+    with pytest.raises(ValueError, match="splash_head"):
+        ModelConfig.tiny(splash_weight=1.0).validate()
+
+
+def test_bad_inputs_raise_value_errors_naming_the_shape() -> None:
+    model = build_hpmcore(ModelConfig.tiny())
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    with pytest.raises(ValueError, match=r"\(2, 11, 12\)"):
+        model(VideoInputs(q.i3d, q.static[:, :11], q.skeleton, q.transitions), e)
+    with pytest.raises(ValueError, match=r"\(2, 3, 15\)"):
+        model(VideoInputs(q.i3d[..., :15], q.static, q.skeleton, q.transitions), e)
+    with pytest.raises(ValueError, match="skeleton"):
+        model(VideoInputs(q.i3d, q.static, None, q.transitions), e)
+    with pytest.raises(ValueError, match="2 queries vs 1 exemplars"):
+        model(q, _select(e, [0]))
+    with pytest.raises(ValueError, match="divisible"):
+        HPMCoRe(ModelConfig.tiny(dim=30, heads=4))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameter counts (§14.1) and named groups
+
+
+def test_full_size_parameter_counts_match_spec() -> None:
+    model = HPMCoRe(ModelConfig())
+    assert [_count(r) for r in model.reducers["i3d"]] == [1_475_968] * 3
+    assert [_count(r) for r in model.reducers["static"]] == [310_256] * 3
+    assert [_count(f) for f in model.fusion] == [822_017] * 3
+    assert [_count(model.decoders[b]) for b in ("fu", "st")] == [3_158_016] * 2
+    assert [_count(model.regressors[b]) for b in ("fu", "st")] == [82_305] * 2
+    assert _count(model.stage_weights) == 3
+    assert _count(model.segmenter) == 1_630_978
+    assert _count(model.skeleton) == 182_156
+    # Everything but the frozen visual encoders: 31,631,364 − I3D (12,287,264 + 410,000) − RegNet
+    # (2,793,996) − GSM (21,602).
+    assert _count(model) == 16_118_502
+    groups = model.parameter_groups()
+    assert set(groups) == {
+        "segmenter",
+        "skeleton",
+        "reducers",
+        "fusion",
+        "decoders",
+        "regressors",
+        "stage_weights",
+    }
+    ids = [id(p) for params in groups.values() for p in params]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training behaviour
+
+
+def test_one_batch_overfit() -> None:
+    """The full tiny model (with HD-GCN) drives its total loss down by far more than 10× on one batch."""
+    cfg = ModelConfig.tiny(gru_dropout=0.0)
+    model = build_hpmcore(cfg, seed=0).train()
+    q, e = _videos(2, seed=1), _videos(2, seed=2)
+    sq, se = SCORES[:2], SCORES[2:4]
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    history = []
+    for step in range(60):
+        terms = pair_losses(model(q, e), score_q=sq, score_e=se, weights=cfg.loss_weights)
+        opt.zero_grad()
+        terms.total.backward()
+        if step == 0:  # gradients reach HD-GCN through the pose prior of the fusion
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.skeleton.parameters())
+        opt.step()
+        history.append(terms.scalars())
+    first, last = history[0], history[-1]
+    assert last["total"] < first["total"] / 20
+    assert last["aqa"] < first["aqa"] / 100
+
+
+def test_swapping_query_and_exemplar_negates_delta_after_training() -> None:
+    cfg = ModelConfig.tiny(gru_dropout=0.0, use_skeleton=False)
+    model = build_hpmcore(cfg, seed=0)
+    videos = _videos(6, seed=5)
+    pairs = list(itertools.combinations(range(6), 2))
+    qi, ei = [a for a, _ in pairs], [b for _, b in pairs]
+    q, e = _select(videos, qi), _select(videos, ei)
+    with torch.no_grad():  # untrained: no antisymmetry to speak of
+        before = model.eval()(q, e).delta_qe + model(e, q).delta_qe
+        assert float(before.abs().mean()) > 0.5 * float(model(q, e).delta_qe.abs().mean())
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        terms = pair_losses(model(q, e), score_q=SCORES[qi], score_e=SCORES[ei], weights=cfg.loss_weights)
+        opt.zero_grad()
+        terms.total.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        forward, swapped = model(q, e), model(e, q)
+    torch.testing.assert_close(swapped.delta_qe, forward.delta_eq)  # the e→q half is the swapped pass
+    magnitude = float(forward.delta_qe.abs().mean())  # ~16 points
+    assert float((forward.delta_qe + swapped.delta_qe).abs().mean()) < 0.1 * magnitude
+    assert float((forward.delta_qe - (SCORES[qi] - SCORES[ei])).abs().mean()) < 0.1 * magnitude
