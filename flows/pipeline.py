@@ -3,7 +3,8 @@
 DVC stays the source of truth for what is up to date (each task runs ``dvc repro --single-item``
 for one stage, in dependency order); the flow adds orchestration, one MLflow run per flow run, and
 the lineage an auditor needs: params, git commit, ``dvc.lock`` (hashes of every input and output),
-the dataset summary and per-stage timings.
+the dataset summary, per-stage timings, and each stage's own metrics (``stats.json``: counts of
+computed / reused / failed videos and throughput) and failures table.
 
 Usage: ``python -m flows.pipeline [--project-dir DIR] [--experiment NAME] [--force]``
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import pyarrow.parquet as pq
 import yaml
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
@@ -31,6 +33,7 @@ import hpmcore
 from flows.settings import PROJECT_DIR, state_dir
 from hpmcore import tracking
 from hpmcore.config import flatten, load_params, params_to_dict
+from hpmcore.extract import FAILURES
 
 
 class StageFailed(RuntimeError):
@@ -51,6 +54,43 @@ def stage_order(project_dir: Path) -> list[str]:
     with Repo(str(project_dir)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
         return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+
+
+def stage_reports(project_dir: Path) -> dict[str, dict[str, list[Path]]]:
+    """Per stage, the files it reports through: ``{"metrics": [...], "failures": [...]}``.
+
+    ``metrics`` are the stage's DVC metrics files (``metrics:`` in dvc.yaml, e.g. ``stats.json`` with
+    counts and throughput); ``failures`` its outputs named ``failures.parquet`` (extraction stages).
+    """
+    with Repo(str(project_dir)) as repo:
+        return {
+            stage.name: {
+                "metrics": [Path(out.fs_path) for out in stage.outs if out.metric],
+                "failures": [Path(out.fs_path) for out in stage.outs if Path(out.fs_path).name == FAILURES],
+            }
+            for stage in repo.index.stages
+        }
+
+
+def log_stage_reports(stage: str, reports: dict[str, list[Path]]) -> dict[str, float]:
+    """Log a stage's JSON metrics as MLflow metrics ``<stage>.<key>`` and its non-empty failures
+    table as the artifact ``failures/<stage>.json``; returns the metrics logged.
+
+    The values are those of the stage's last execution (the ``stage.<name>`` tag says whether that
+    was in this flow run).
+    """
+    metrics: dict[str, float] = {}
+    for path in reports.get("metrics", []):
+        if path.suffix == ".json" and path.is_file():
+            values = flatten(json.loads(path.read_text()))
+            metrics.update({f"{stage}.{k}": v for k, v in values.items()})
+    tracking.log_metrics(metrics)
+    for path in reports.get("failures", []):
+        if path.is_file():
+            rows = pq.read_table(path).to_pylist()
+            if rows:
+                tracking.log_dict(rows, f"failures/{stage}.json")
+    return metrics
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -142,12 +182,14 @@ def pipeline(
         tracking.log_params(flatten(params_to_dict(params)))
         tracking.log_file(project_dir / "params.yaml", "lineage")
         tracking.log_file(project_dir / "dvc.yaml", "lineage")
+        reports = stage_reports(project_dir)
         results: dict[str, dict[str, Any]] = {}
         for stage in stages:
             result = reproduce_stage(project_dir, stage, force=force)
             results[stage] = {"ran": result.ran, "seconds": result.seconds}
             tracking.log_metrics({f"stage.{stage}.seconds": result.seconds, f"stage.{stage}.ran": result.ran})
             tracking.set_tags({f"stage.{stage}": "ran" if result.ran else "up-to-date"})
+            log_stage_reports(stage, reports.get(stage, {}))
         lock_text = (project_dir / "dvc.lock").read_text()
         outputs = dvc_outputs(lock_text)
         tracking.log_text(lock_text, "lineage/dvc.lock")

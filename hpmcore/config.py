@@ -92,10 +92,11 @@ class DecodeConfig:
 
     num_frames: int = 96
     """T, frames sampled uniformly over each dive, both end frames included (spec §1.1)."""
-    width: int = 112
-    """Decoded frame width in pixels."""
-    height: int = 112
-    """Decoded frame height in pixels."""
+    width: int = 32
+    """Decoded frame width in pixels. 32 by default so that I3D (1.1 GFLOP per 16-frame clip at 32²,
+    14 at 112²) keeps the embedded pipeline within minutes on 2 CPU cores; the spec uses 112 (§1.2)."""
+    height: int = 32
+    """Decoded frame height in pixels (FineDiving per spec §1.2: 200, with ``features.crop_size`` 112)."""
     min_source_frames: int = 16
     """Dives with fewer source frames are rejected as too short."""
     on_error: Literal["skip", "fail"] = "fail"
@@ -112,6 +113,111 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class PoseConfig:
+    """Skeleton extraction (stage ``pose``, library :mod:`hpmcore.pose`) at the decode stage's T frames."""
+
+    backend: Literal["annotations", "mmpose"] = "annotations"
+    """``annotations``: import existing skeletons; ``mmpose``: top-down estimation on the video frames."""
+    source: Literal["skeletons", "finediving-npz", "mpii-json"] = "skeletons"
+    """annotations backend: ``skeletons`` (canonical skeleton Parquet, e.g. the synthetic ground truth),
+    ``finediving-npz`` (FineDiving-Pose ``pred_comp_<i>.npz``) or ``mpii-json`` (spec §12.4)."""
+    annotations_path: str | None = None
+    """annotations backend: the skeleton Parquet file / FineDiving-Pose root / JSON folder; ``None``:
+    ``<dataset root>/skeletons.parquet``, ``FineDiving-Pose`` or ``FineDiving-Pose-MPII``."""
+    normalize: Literal["none", "frame"] = "none"
+    """Normalisation the model applies (recorded in the output; coordinates stay in pixels): ``none``
+    (spec §1.4, fidelity) or ``frame`` (centre of the frame → 0, longer side → [-1, 1])."""
+    config: str = "body_2d_keypoint/rtmpose/coco/rtmpose-m_8xb256-420e_coco-256x192.py"
+    """mmpose backend: model config, a file or a path inside mmpose's bundled ``.mim/configs``."""
+    checkpoint: str | None = None
+    """mmpose backend: local checkpoint of that model (required unless ``random_init``)."""
+    random_init: bool = False
+    """mmpose backend: allow running without checkpoints on random weights (tests only)."""
+    trust_checkpoint: bool = False
+    """Allow a full (non weights-only) unpickle of checkpoints carrying metadata; only for trusted files."""
+    detector_config: str | None = None
+    """mmpose backend: mmdet person detector config (file or in mmdet's ``.mim/configs``); ``None``:
+    track the box from the previous frame's keypoints (whole frame for the first)."""
+    detector_checkpoint: str | None = None
+    """mmpose backend: local checkpoint of the detector (required with ``detector_config``)."""
+    detector_score: float = 0.3
+    """Lowest score of a person detection used as the box."""
+    keypoint_score: float = 0.3
+    """Lowest score of a keypoint used to track the box into the next frame."""
+    box_margin: float = 0.25
+    """The tracked box is the confident keypoints' box grown by this fraction of its size per side."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """mmpose backend: ``auto`` = CUDA when available, else CPU."""
+    on_error: Literal["skip", "fail"] = "fail"
+    """A dive with unreadable or malformed input: ``skip`` records it in the failures table,
+    ``fail`` stops."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for inconsistent settings (files are checked when used)."""
+        if self.backend == "mmpose":
+            if self.checkpoint is None and not self.random_init:
+                raise ConfigError(
+                    "pose.checkpoint is required with pose.backend: mmpose "
+                    "(pose.random_init: true runs on random weights, for tests only)"
+                )
+            if self.checkpoint is not None and self.random_init:
+                raise ConfigError("pose.checkpoint and pose.random_init: true are mutually exclusive")
+            if self.detector_config is not None and self.detector_checkpoint is None and not self.random_init:
+                raise ConfigError("pose.detector_config needs pose.detector_checkpoint")
+        if self.detector_checkpoint is not None and self.detector_config is None:
+            raise ConfigError("pose.detector_checkpoint given without pose.detector_config")
+        for name in ("detector_score", "keypoint_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"pose.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.box_margin <= 2.0:
+            raise ConfigError(f"pose.box_margin must be in [0, 2], got {self.box_margin}")
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Cached encoder features (stage ``features``, library :mod:`hpmcore.features`) of the decoded frames.
+
+    Per video: I3D on overlapping clips → ``(num_clips, 1024)`` (spec §2.3) and RegNetY-002 per frame
+    (no temporal module) → ``(T, 368)`` (spec §3.1).
+    """
+
+    i3d_weights: str | None = None
+    """Kinetics I3D ``model_rgb.pth`` (spec §2.4 key layout), relative to the project or absolute;
+    ``None`` explicitly asks for a seeded random initialisation (logged, recorded as ``random-init``)."""
+    static_weights: str | None = None
+    """timm ImageNet ``regnety_002`` weights (spec §3.7); ``None``: seeded random init, as above."""
+    init_seed: int = 0
+    """Seed of the random initialisation of an encoder whose weights are ``None``."""
+    clip_len: int = 16
+    """Frames per I3D clip (spec §2.3)."""
+    clip_stride: int = 10
+    """Start-to-start distance of consecutive I3D clips: T = 96 → 9 clips (spec §2.3)."""
+    crop_size: int | None = None
+    """Centre crop of ``crop_size``² px before both encoders (the spec's test-time crop: decode at
+    112x200, crop 112 → x-offset 0, y-offset 44, spec §1.2); ``None``: the decoded frames as they are."""
+    batch_size: int = 8
+    """Videos per forward pass (all their clips / frames in one batch)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` = CUDA when available, else CPU."""
+    amp: bool = True
+    """On CUDA: run under autocast (bf16 where supported, else fp16); ignored on CPU (always fp32)."""
+    on_error: Literal["skip", "fail"] = "fail"
+    """An unreadable decoded video or non-finite features: ``skip`` records it in the failures table,
+    ``fail`` stops."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for impossible settings (weights files are checked when used)."""
+        if self.clip_len < 1 or self.clip_stride < 1:
+            raise ConfigError(
+                f"features.clip_len and clip_stride must be >= 1, got {self.clip_len}, {self.clip_stride}"
+            )
+        if self.crop_size is not None and self.crop_size < 16:
+            raise ConfigError(f"features.crop_size must be >= 16 px or null, got {self.crop_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"features.batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -119,6 +225,9 @@ class Params:
     """The one seed for splits, exemplar draws, training and evaluation."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
 
 def _check(value: Any, tp: Any, where: str) -> Any:

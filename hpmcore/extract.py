@@ -1,0 +1,731 @@
+"""Per-video extraction cache shared by the extraction stages, and the ``decode`` stage built on it.
+
+**The cache engine** (:func:`run_cached`). An extraction stage turns every dive into one *entry*
+(tensors plus string metadata) stored as ``<cache dir>/<key><suffix>``, where ``key`` is the SHA-256
+of everything the entry is a function of: the content hash of its inputs, the stage's params, the
+encoder weights' hash, the library versions and the source code of the functions computing it
+(:func:`digest`, :func:`code_digest`). So:
+
+* a rerun recomputes only the dives whose key has no entry yet — adding 5 videos computes 5, editing
+  one recomputes that one; a touched (same content) video is not recomputed;
+* entries are content-addressed, so they stay valid when the dataset root moves or dives are renamed;
+* keys no longer wanted (a video edited or removed, a param changed) are deleted at the end of a
+  successful run ("stale"), as are temp files left by a killed run;
+* an entry is written to a temp name in the cache dir and renamed (:func:`hpmcore.io.atomic_path`),
+  so an entry that exists is complete; a reused entry's header is checked (it parses, its key
+  matches) and an unreadable one is recomputed with a warning;
+* the stage logs exactly one line ``<stage>: computed N, reused M (failed F, removed R stale)``.
+
+The cache folder is a DVC output with ``persist: true`` (``dvc.yaml``): DVC then does not delete it
+before rerunning the stage, which is what makes the stage incremental, while it still records the
+folder's hash in ``dvc.lock`` (so downstream stages rerun when it changes) and caches it.
+
+**Failures.** A dive whose input cannot be processed (``ItemError``, e.g. a corrupt, truncated or
+too-short video) is either recorded in the failures table (:data:`FAILURE_SCHEMA`: stage, id,
+source, key, reason) and left out of the manifest, so later stages never see it (``on_error:
+skip``), or stops the stage at once with :class:`ExtractionFailed` naming the file and the reason
+(``on_error: fail``). Nothing is ever replaced by zeros. Failures are not cached: a rerun tries again.
+
+**Entry format.** A `safetensors <https://github.com/huggingface/safetensors>`_ file
+(``.safetensors``): a JSON header with the tensors' dtypes, shapes and offsets plus a string
+``__metadata__`` dict (always holding ``key``), then the raw little-endian data. Optionally wrapped
+in one standard zstd frame (``.safetensors.zst``, readable with ``zstd -d``), as the decode stage
+does: the synthetic dataset's decoded frames compress about 12x.
+
+**The decode stage** (:func:`decode_videos`): every dive of the canonical table →
+:func:`hpmcore.video.decode_dive` → entry ``frames`` uint8 ``(T, H, W, 3)`` RGB and ``indices`` int64
+``(T,)``; manifest :data:`DECODE_MANIFEST_SCHEMA`; read back with :func:`load_decoded`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from tqdm import tqdm
+
+from hpmcore.config import DecodeConfig
+from hpmcore.io import atomic_path
+
+__all__ = [
+    "CACHE_DIR",
+    "DECODE_MANIFEST_SCHEMA",
+    "FAILURES",
+    "FAILURE_SCHEMA",
+    "MANIFEST",
+    "STATS",
+    "CacheRun",
+    "Entry",
+    "Extraction",
+    "ExtractionFailed",
+    "Failure",
+    "Item",
+    "ItemError",
+    "ManifestError",
+    "code_digest",
+    "decode_videos",
+    "digest",
+    "failures_table",
+    "load_decoded",
+    "load_entry",
+    "per_item",
+    "read_entry_meta",
+    "read_manifest",
+    "run_cached",
+    "save_entry",
+    "sha256_file",
+    "source_hash",
+]
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["skip", "fail"]
+
+# The files of an extraction stage's output folder (``--out``); dvc.yaml lists the same names.
+CACHE_DIR = "cache"
+"""Sub-folder of the per-video entries (the ``persist: true`` DVC output)."""
+MANIFEST = "manifest.parquet"
+"""One row per successfully extracted dive, in dive-table order."""
+FAILURES = "failures.parquet"
+"""One row per dive that failed (:data:`FAILURE_SCHEMA`); empty when none did."""
+STATS = "stats.json"
+"""Counts and throughput of the run (a DVC metric, logged to MLflow by the flow)."""
+
+SUFFIX = ".safetensors"
+ZSTD_SUFFIX = ".safetensors.zst"
+
+FAILURE_SCHEMA = pa.schema(
+    [
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("key", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+"""Failures table: the stage, the dive id, its source (as the stage's input names it), the cache key
+(null when the input could not even be hashed) and the reason (the error message, naming the file)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Hashing.
+
+
+def sha256_file(path: Path) -> str:
+    """``"sha256:<hex>"`` of a file's bytes."""
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def source_hash(path: Path, frame_suffixes: Iterable[str] = (".jpg", ".jpeg")) -> str:
+    """Content hash of a video file, or of a frame folder (names and bytes of its frame files).
+
+    A folder's hash covers every file whose suffix (any case) is in ``frame_suffixes``, in name order;
+    other files are ignored (the decoder ignores them too).
+
+    Raises:
+        ItemError: the path does not exist or cannot be read (the message names it).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            suffixes = {s.lower() for s in frame_suffixes}
+            names = sorted(
+                e.name for e in os.scandir(path) if os.path.splitext(e.name)[1].lower() in suffixes
+            )
+            h = hashlib.sha256(b"frame-folder\0")
+            for name in names:
+                h.update(f"{name}\0{sha256_file(path / name)}\0".encode())
+            return "sha256:" + h.hexdigest()
+        if not path.exists():
+            raise ItemError(f"{path}: file not found")
+        return sha256_file(path)
+    except OSError as exc:
+        raise ItemError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 hex of ``obj`` as canonical JSON (sorted keys): the cache key of an entry."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def code_digest(*objects: Any) -> str:
+    """SHA-256 of the source code of modules / functions / classes: part of a cache key, so that a change
+    to the code computing an entry recomputes it (DVC reruns the stage, but would otherwise reuse)."""
+    h = hashlib.sha256()
+    for obj in objects:
+        h.update(inspect.getsource(obj).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Entries on disk.
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached result: named tensors and string metadata."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, str]
+
+
+def entry_path(cache_dir: Path, key: str, *, compress: bool) -> Path:
+    """``<cache_dir>/<key>.safetensors`` (or ``.safetensors.zst``)."""
+    return Path(cache_dir) / f"{key}{ZSTD_SUFFIX if compress else SUFFIX}"
+
+
+def save_entry(entry: Entry, path: Path) -> None:
+    """Write ``entry`` to ``path`` atomically (zstd-compressed when ``path`` ends in ``.zst``)."""
+    data = st_save({k: v.detach().cpu().contiguous() for k, v in entry.tensors.items()}, dict(entry.meta))
+    with atomic_path(path) as tmp:
+        if path.name.endswith(".zst"):
+            with pa.CompressedOutputStream(str(tmp), "zstd") as f:
+                f.write(data)
+        else:
+            tmp.write_bytes(data)
+
+
+def _open(path: Path) -> Any:
+    path = Path(path)
+    if path.name.endswith(".zst"):
+        return pa.input_stream(str(path), compression="zstd")
+    return pa.input_stream(str(path))
+
+
+def load_entry(path: Path) -> Entry:
+    """Read a whole entry.
+
+    Raises:
+        ValueError: the file is missing, truncated or not an entry (the message names it).
+    """
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            data = f.read()
+        tensors = st_load(data)
+        meta = _parse_header(data[: 8 + struct.unpack("<Q", data[:8])[0]], path)[0]
+    except Exception as exc:  # OSError, ArrowException, safetensors' SafetensorError, …
+        raise ValueError(f"{path}: unreadable cache entry ({type(exc).__name__}: {exc})") from None
+    return Entry(tensors, meta)
+
+
+def read_entry_meta(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` of an entry, reading only its header (and, uncompressed, checking its size).
+
+    Raises:
+        ValueError: the file is missing, truncated or not an entry (the message names it).
+    """
+    path = Path(path)
+    try:
+        with _open(path) as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise ValueError("shorter than a header")
+            (n,) = struct.unpack("<Q", head)
+            if n > 100_000_000:
+                raise ValueError(f"header length {n} is not plausible")
+            header = f.read(n)
+        meta, data_len = _parse_header(head + header, path)
+        if not path.name.endswith(".zst") and path.stat().st_size != 8 + n + data_len:
+            raise ValueError(f"{path.stat().st_size} bytes, the header describes {8 + n + data_len}")
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable cache entry ({exc})") from None
+    return meta
+
+
+def _parse_header(buf: bytes, path: Path) -> tuple[dict[str, str], int]:
+    """``(metadata, data length)`` from the first ``8 + n`` bytes of a safetensors file."""
+    (n,) = struct.unpack("<Q", buf[:8])
+    if len(buf) < 8 + n:
+        raise ValueError("truncated header")
+    try:
+        header = json.loads(buf[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    meta = header.pop("__metadata__", None) or {}
+    ends = [int(t["data_offsets"][1]) for t in header.values() if isinstance(t, dict) and "data_offsets" in t]
+    return {str(k): str(v) for k, v in meta.items()}, max(ends, default=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine.
+
+
+class ItemError(ValueError):
+    """One dive cannot be processed (bad input, non-finite output); the message names the file."""
+
+
+class ManifestError(ValueError):
+    """A stage manifest is missing or malformed; the message names the file."""
+
+
+class ExtractionFailed(RuntimeError):
+    """``on_error: fail`` and a dive failed; the message names the stage, the file and the reason."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One dive to extract."""
+
+    id: str
+    """Dive id (canonical table)."""
+    source: str
+    """The input as the stage's input table names it (e.g. ``videos/x.mp4``): for messages and tables."""
+    key: str | None
+    """Cache key (:func:`digest`); ``None`` when the input could not be hashed (see ``error``)."""
+    payload: Any = None
+    """Whatever the stage's compute function needs (absolute path, frame range, …)."""
+    error: str | None = None
+    """Set when the item failed before computing (e.g. its input does not exist)."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed dive (a row of the failures table)."""
+
+    stage: str
+    id: str
+    source: str
+    key: str | None
+    reason: str
+
+
+@dataclass
+class CacheRun:
+    """What :func:`run_cached` did."""
+
+    stage: str
+    items: list[Item]
+    """All items, in input order."""
+    metas: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``{key: entry metadata}`` of every entry the items resolve to (computed or reused)."""
+    computed: list[Item] = field(default_factory=list)
+    reused: list[Item] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    """File names of stale entries (and temp leftovers) deleted from the cache."""
+    seconds: float = 0.0
+    compute_seconds: float = 0.0
+    """Wall time spent in the compute function (the throughput denominator)."""
+
+    @property
+    def ok(self) -> list[Item]:
+        """Items that have an entry, in input order."""
+        done = {id(i) for i in self.computed} | {id(i) for i in self.reused}
+        return [i for i in self.items if id(i) in done]
+
+    def summary(self) -> str:
+        """``computed N, reused M (failed F, removed R stale)``: the stage's log line."""
+        return (
+            f"computed {len(self.computed)}, reused {len(self.reused)} "
+            f"(failed {len(self.failures)}, removed {len(self.removed)} stale)"
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and throughput (``videos_per_s`` only when something was computed)."""
+        stats: dict[str, Any] = {
+            "videos": len(self.items),
+            "computed": len(self.computed),
+            "reused": len(self.reused),
+            "failed": len(self.failures),
+            "removed": len(self.removed),
+            "seconds": round(self.seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3),
+        }
+        if self.computed and self.compute_seconds > 0:
+            stats["videos_per_s"] = round(len(self.computed) / self.compute_seconds, 3)
+        return stats
+
+
+Outcome = Entry | ItemError
+Compute = Callable[[list[Item]], list[Outcome]]
+
+
+def per_item(fn: Callable[[Item], Entry]) -> Compute:
+    """A batch compute function from a one-item function that raises :class:`ItemError`."""
+
+    def compute(batch: list[Item]) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for item in batch:
+            try:
+                outcomes.append(fn(item))
+            except ItemError as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    return compute
+
+
+def run_cached(
+    items: Sequence[Item],
+    cache_dir: Path,
+    compute: Compute,
+    *,
+    stage: str,
+    on_error: OnError,
+    compress: bool = False,
+    batch_size: int = 1,
+    progress: bool = True,
+) -> CacheRun:
+    """Make sure every item has an entry in ``cache_dir``, computing only the missing ones.
+
+    Args:
+        items: the dives, in output order. Items sharing a key share one entry (computed once).
+        cache_dir: the entries folder (created if missing).
+        compute: ``batch of items → one Entry or ItemError per item``; any other exception is a bug
+            (or an environment problem) and propagates, stopping the stage.
+        stage: stage name, for messages, the failures table and the progress bar.
+        on_error: ``skip``: record failures and go on; ``fail``: raise at the first one.
+        compress: store entries zstd-compressed.
+        batch_size: items per ``compute`` call.
+        progress: show a tqdm bar (videos/s) over the items to compute.
+
+    Returns:
+        a :class:`CacheRun`; stale entries (keys not among the successful items') are deleted.
+
+    Raises:
+        ExtractionFailed: ``on_error == "fail"`` and an item failed; entries computed so far stay in
+            the cache (they are complete), nothing stale is deleted.
+    """
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start = time.perf_counter()
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    run = CacheRun(stage=stage, items=list(items))
+    failed: dict[str, str] = {}  # key → reason
+
+    def fail(item: Item, reason: str) -> None:
+        if on_error == "fail":
+            raise ExtractionFailed(
+                f"{stage}: {item.source} (dive {item.id}) failed: {reason}\n"
+                f"(set {stage}.on_error: skip in params.yaml to record it in the failures table and go on)"
+            )
+        log.warning("%s: dive %s (%s) skipped: %s", stage, item.id, item.source, reason)
+        run.failures.append(Failure(stage, item.id, item.source, item.key, reason))
+
+    todo: dict[str, Item] = {}
+    for item in items:
+        if item.key is None or item.error is not None:
+            fail(item, item.error or "no cache key")
+            continue
+        if item.key in run.metas or item.key in todo:
+            continue
+        path = entry_path(cache_dir, item.key, compress=compress)
+        if path.exists():
+            try:
+                meta = read_entry_meta(path)
+                if meta.get("key") != item.key:
+                    raise ValueError(f"{path}: holds key {meta.get('key')!r}, not its file name's")
+                run.metas[item.key] = meta
+                continue
+            except ValueError as exc:
+                log.warning("%s: %s; recomputing it", stage, exc)
+        todo[item.key] = item
+
+    computed_keys: set[str] = set()
+    pending = list(todo.values())
+    with tqdm(total=len(pending), desc=stage, unit="video", disable=not progress or not pending) as bar:
+        for b in range(0, len(pending), batch_size):
+            batch = pending[b : b + batch_size]
+            t0 = time.perf_counter()
+            outcomes = compute(batch)
+            run.compute_seconds += time.perf_counter() - t0
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"{stage}: compute gave {len(outcomes)} results for {len(batch)} items")
+            for item, outcome in zip(batch, outcomes, strict=True):
+                assert item.key is not None
+                if isinstance(outcome, ItemError):
+                    failed[item.key] = str(outcome)
+                    fail(item, str(outcome))
+                    continue
+                meta = {**outcome.meta, "key": item.key}
+                save_entry(Entry(outcome.tensors, meta), entry_path(cache_dir, item.key, compress=compress))
+                run.metas[item.key] = meta
+                computed_keys.add(item.key)
+            bar.update(len(batch))
+
+    seen: set[str] = set()
+    for item in items:
+        if item.key is None or item.error is not None:
+            continue  # failed before computing
+        if item.key in failed:
+            if item is not todo[item.key]:  # another dive with the same input: same failure
+                fail(item, failed[item.key])
+            continue
+        if item.key in computed_keys and item.key not in seen:
+            run.computed.append(item)
+        else:
+            run.reused.append(item)
+        seen.add(item.key)
+
+    run.removed = _prune(cache_dir, keep=set(run.metas))
+    run.seconds = time.perf_counter() - start
+    log.info("%s: %s in %.1f s", stage, run.summary(), run.seconds)
+    return run
+
+
+def _prune(cache_dir: Path, keep: set[str]) -> list[str]:
+    """Delete entries whose key is not in ``keep`` and temp files of interrupted writes."""
+    removed = []
+    for entry in sorted(os.scandir(cache_dir), key=lambda e: e.name):
+        name = entry.name
+        if name.startswith(".") and name.endswith(".tmp"):  # an atomic_path leftover
+            stale = True
+        elif name.endswith(ZSTD_SUFFIX):
+            stale = name[: -len(ZSTD_SUFFIX)] not in keep
+        elif name.endswith(SUFFIX):
+            stale = name[: -len(SUFFIX)] not in keep
+        else:
+            continue  # not ours: leave it
+        if stale:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed.append(name)
+    return removed
+
+
+def failures_table(failures: Sequence[Failure]) -> pa.Table:
+    """The failures table (:data:`FAILURE_SCHEMA`), possibly empty."""
+    return pa.Table.from_pylist([f.__dict__ for f in failures], schema=FAILURE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The result of an extraction stage: what it writes next to its cache folder."""
+
+    manifest: pa.Table
+    failures: pa.Table
+    stats: dict[str, Any]
+    run: CacheRun
+
+
+def read_manifest(path: Path, schema: pa.Schema) -> pa.Table:
+    """Read a stage manifest, checking its columns.
+
+    Raises:
+        ManifestError: the file is missing, unreadable or has other columns (the message names it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found (run the stage that writes it first)")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from None
+    if not table.schema.remove_metadata().equals(schema.remove_metadata()):
+        raise ManifestError(
+            f"{path}: columns differ from the expected manifest:\n{table.schema}\nexpected:\n{schema}"
+        )
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# The decode stage.
+
+DECODE_MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_path", pa.string(), nullable=False),
+        pa.field("source_hash", pa.string(), nullable=False),
+        pa.field("start_frame", pa.int64(), nullable=False),
+        pa.field("end_frame", pa.int64(), nullable=False),
+        pa.field("source_num_frames", pa.int64(), nullable=False),
+        pa.field("fps", pa.float64()),
+        pa.field("indices", pa.list_(pa.int64()), nullable=False),
+        pa.field("num_frames", pa.int64(), nullable=False),
+        pa.field("height", pa.int64(), nullable=False),
+        pa.field("width", pa.int64(), nullable=False),
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+    ]
+)
+"""Decode manifest, one row per decoded dive in dive-table order:
+
+=================  ==============  ==========================================================================
+column             type            meaning
+=================  ==============  ==========================================================================
+id                 string          dive id of the canonical table
+source_path        string          ``video_path`` of the dive (mp4 or frame folder, relative to ``data.root``)
+source_hash        string          ``sha256:<hex>`` of the mp4's bytes / of the frame folder's JPEGs
+start_frame        int64           first frame of the dive in the source (inclusive)
+end_frame          int64           last frame of the dive in the source (inclusive)
+source_num_frames  int64           frames in the whole source (mp4 frame count / number of JPEGs)
+fps                float64         the mp4's average frame rate; null for a frame folder
+indices            list<int64>     the T sampled source frame numbers (spec §1.1)
+num_frames         int64           T
+height, width      int64           decoded frame size, px
+key                string          cache key of the entry
+path               string          the entry, relative to the manifest's folder:
+                                   ``cache/<key>.safetensors.zst`` (``frames`` uint8 (T, H, W, 3) RGB,
+                                   ``indices`` int64 (T,))
+=================  ==============  ==========================================================================
+"""
+
+
+def _decode_code() -> str:
+    import hpmcore.video
+    from hpmcore.data.finediving import linspace_indices
+
+    return code_digest(hpmcore.video, linspace_indices)
+
+
+def decode_videos(
+    dives: pa.Table,
+    cfg: DecodeConfig,
+    *,
+    root: Path,
+    out_dir: Path,
+    progress: bool = True,
+) -> Extraction:
+    """Decode every dive of a canonical dive table into the per-video cache ``out_dir/cache``.
+
+    Each dive's ``video_path`` (mp4 or frame folder, relative to ``root``) is decoded frames
+    ``start_frame .. end_frame``, sampled to ``cfg.num_frames`` and resized to ``cfg.width`` ×
+    ``cfg.height`` (:func:`hpmcore.video.decode_dive`). The entry key covers the source's content
+    hash, the frame range, the decode params (not ``on_error``), decord's and Pillow's versions and
+    the decoding code. Only the cache entries are written here; the caller writes the returned
+    manifest, failures table and stats next to the cache (``MANIFEST``, ``FAILURES``, ``STATS``).
+
+    Raises:
+        ExtractionFailed: ``cfg.on_error == "fail"`` and a dive cannot be decoded.
+        ConfigError: an invalid ``cfg``.
+    """
+    import decord
+    import PIL
+
+    from hpmcore.video import FRAME_SUFFIXES, VideoError, decode_dive
+
+    cfg.validate()
+    root = Path(root)
+    decode_params = {
+        "num_frames": cfg.num_frames,
+        "width": cfg.width,
+        "height": cfg.height,
+        "min_source_frames": cfg.min_source_frames,
+    }
+    fixed = {
+        "stage": "decode",
+        "params": decode_params,
+        "code": _decode_code(),
+        "decord": decord.__version__,
+        "pillow": PIL.__version__,
+    }
+    hashes: dict[Path, str | ItemError] = {}
+    items = []
+    for row in dives.select(["id", "video_path", "start_frame", "end_frame"]).to_pylist():
+        path = root / row["video_path"]
+        if path not in hashes:
+            try:
+                hashes[path] = source_hash(path, FRAME_SUFFIXES)
+            except ItemError as exc:
+                hashes[path] = exc
+        h = hashes[path]
+        payload = (path, int(row["start_frame"]), int(row["end_frame"]), h)
+        if isinstance(h, ItemError):
+            items.append(Item(row["id"], row["video_path"], None, payload, error=str(h)))
+            continue
+        key = digest({**fixed, "source": h, "start_frame": payload[1], "end_frame": payload[2]})
+        items.append(Item(row["id"], row["video_path"], key, payload))
+
+    def decode_one(item: Item) -> Entry:
+        path, start, end, h = item.payload
+        try:
+            dive = decode_dive(path, start, end, cfg)
+        except VideoError as exc:
+            raise ItemError(str(exc)) from None
+        frames = dive.frames
+        expected = (cfg.num_frames, cfg.height, cfg.width, 3)
+        if tuple(frames.shape) != expected or frames.dtype != torch.uint8:  # decode_dive's contract
+            got = f"{frames.dtype} {tuple(frames.shape)}"
+            raise ItemError(f"{path}: decoder returned {got}, expected uint8 {expected}")
+        meta = {
+            "source_hash": h,
+            "start_frame": str(start),
+            "end_frame": str(end),
+            "source_num_frames": str(dive.source_num_frames),
+            "fps": json.dumps(dive.fps),
+            "indices": json.dumps([int(i) for i in dive.indices]),
+            "num_frames": str(cfg.num_frames),
+            "height": str(cfg.height),
+            "width": str(cfg.width),
+        }
+        return Entry({"frames": frames, "indices": torch.from_numpy(dive.indices.astype("int64"))}, meta)
+
+    run = run_cached(
+        items,
+        Path(out_dir) / CACHE_DIR,
+        per_item(decode_one),
+        stage="decode",
+        on_error=cfg.on_error,
+        compress=True,
+        progress=progress,
+    )
+    rows = []
+    for item in run.ok:
+        meta = run.metas[item.key]  # type: ignore[index]
+        rows.append(
+            {
+                "id": item.id,
+                "source_path": item.source,
+                "source_hash": meta["source_hash"],
+                "start_frame": int(meta["start_frame"]),
+                "end_frame": int(meta["end_frame"]),
+                "source_num_frames": int(meta["source_num_frames"]),
+                "fps": json.loads(meta["fps"]),
+                "indices": json.loads(meta["indices"]),
+                "num_frames": int(meta["num_frames"]),
+                "height": int(meta["height"]),
+                "width": int(meta["width"]),
+                "key": item.key,
+                "path": f"{CACHE_DIR}/{item.key}{ZSTD_SUFFIX}",
+            }
+        )
+    manifest = pa.Table.from_pylist(rows, schema=DECODE_MANIFEST_SCHEMA).replace_schema_metadata(
+        {"hpmcore.decode": json.dumps({"params": decode_params, "format": "safetensors+zstd"})}
+    )
+    stats = run.stats()
+    if "videos_per_s" in stats:
+        stats["frames_per_s"] = round(stats["videos_per_s"] * cfg.num_frames, 1)
+    return Extraction(manifest, failures_table(run.failures), stats, run)
+
+
+def load_decoded(manifest_dir: Path, row: dict[str, Any]) -> torch.Tensor:
+    """The decoded frames of one decode-manifest row: uint8 ``(T, H, W, 3)`` RGB.
+
+    Raises:
+        ValueError: the entry is unreadable, or its key or shape does not match the row.
+    """
+    path = Path(manifest_dir) / row["path"]
+    entry = load_entry(path)
+    if entry.meta.get("key") != row["key"]:
+        raise ValueError(f"{path}: holds key {entry.meta.get('key')!r}, the manifest says {row['key']!r}")
+    frames = entry.tensors.get("frames")
+    expected = (row["num_frames"], row["height"], row["width"], 3)
+    if frames is None or frames.dtype != torch.uint8 or tuple(frames.shape) != expected:
+        got = None if frames is None else (frames.dtype, tuple(frames.shape))
+        raise ValueError(f"{path}: frames are {got}, expected uint8 {expected}")
+    return frames

@@ -1,0 +1,55 @@
+"""DVC stage ``decode``: every dive's sampled frames as a uint8 tensor, cached per video.
+
+Usage: ``python stages/decode.py --params params.yaml --dives data/prepared/dives.parquet --out data/decoded``
+
+Writes ``cache/<key>.safetensors.zst`` (one per dive, incremental: only new or changed dives are
+decoded), ``manifest.parquet``, ``failures.parquet`` and ``stats.json`` (DVC metric) into ``--out``.
+Logs ``decode: computed N, reused M (...)``. Exit status 1 when a video fails with
+``decode.on_error: fail``, 2 for bad params or a bad dive table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from hpmcore.config import ConfigError, load_params
+from hpmcore.data.canonical import DatasetError, read_annotations
+from hpmcore.extract import FAILURES, MANIFEST, STATS, ExtractionFailed, decode_videos
+from hpmcore.io import write_json, write_parquet
+from hpmcore.logs import setup_logging
+
+log = logging.getLogger("stages.decode")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--dives", type=Path, required=True, help="canonical dive table (prepare stage)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        params = load_params(args.params)
+        dives = read_annotations(args.dives)
+    except (ConfigError, DatasetError) as exc:
+        log.error("%s", exc)
+        return 2
+    root = Path(params.data.root)
+    if not root.is_absolute():
+        root = args.params.parent / root
+    try:
+        result = decode_videos(dives, params.decode, root=root, out_dir=args.out)
+    except ExtractionFailed as exc:
+        log.error("%s", exc)
+        return 1
+    write_parquet(result.manifest, args.out / MANIFEST)
+    write_parquet(result.failures, args.out / FAILURES)
+    write_json(result.stats, args.out / STATS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

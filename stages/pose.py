@@ -1,0 +1,78 @@
+"""DVC stage ``pose``: each decoded dive's skeleton at its T sampled frames, cached per video.
+
+Usage: ``python stages/pose.py --params params.yaml --dives data/prepared/dives.parquet
+--decoded data/decoded --out data/pose``
+
+Writes ``cache/<key>.safetensors`` (``xy`` (T, 16, 2), ``confidence`` (T, 16), ``source_frame`` (T,);
+incremental: only new or changed dives are computed), ``skeletons.parquet`` (the sampled skeleton
+table of :mod:`hpmcore.pose`), ``failures.parquet`` and ``stats.json`` (DVC metric) into ``--out``.
+Dives missing from the decode manifest (failed decoding) are left out. Logs ``pose: computed N,
+reused M (...)``. Exit status 1 when a dive fails with ``pose.on_error: fail``, 2 for bad params, a
+bad dive table or decode manifest, a missing skeletons table, checkpoint or model config (nothing is
+written then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from hpmcore.config import ConfigError, load_params
+from hpmcore.data.canonical import DatasetError, read_annotations
+from hpmcore.extract import (
+    DECODE_MANIFEST_SCHEMA,
+    FAILURES,
+    MANIFEST,
+    STATS,
+    ExtractionFailed,
+    ManifestError,
+    read_manifest,
+)
+from hpmcore.io import write_json, write_parquet
+from hpmcore.logs import setup_logging
+from hpmcore.models.checkpoints import CheckpointError
+from hpmcore.pose import SKELETONS, PoseError, extract_pose
+
+log = logging.getLogger("stages.pose")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--dives", type=Path, required=True, help="canonical dive table (prepare stage)")
+    parser.add_argument("--decoded", type=Path, required=True, help="output folder of the decode stage")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        params = load_params(args.params)
+        dives = read_annotations(args.dives)
+        decoded = read_manifest(args.decoded / MANIFEST, DECODE_MANIFEST_SCHEMA)
+        root = Path(params.data.root)
+        if not root.is_absolute():
+            root = args.params.parent / root
+        result = extract_pose(
+            dives,
+            params.pose,
+            root=root,
+            out_dir=args.out,
+            decode_cfg=params.decode,
+            decoded=decoded,
+            project_dir=args.params.parent,
+        )
+    except (ConfigError, DatasetError, ManifestError, CheckpointError, PoseError) as exc:
+        log.error("%s", exc)
+        return 2
+    except ExtractionFailed as exc:
+        log.error("%s", exc)
+        return 1
+    write_parquet(result.manifest, args.out / SKELETONS)
+    write_parquet(result.failures, args.out / FAILURES)
+    write_json(result.stats, args.out / STATS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
