@@ -1,0 +1,133 @@
+"""Training steps/s and evaluation queries/s of HP-MCoRe on cached features of the real shapes.
+
+Usage: ``python benchmarks/training.py [--steps 3] [--queries 8] [--exemplars 10] [--devices cpu cuda]
+[--amp] [--tiny]``
+
+Builds the default (full-size, ~16.1 M parameters) :class:`~hpmcore.models.hpmcore.ModelConfig` and a
+bank of random features with the real layout — I3D ``(J=9, 1024)``, static ``(T=96, 368)``, pose
+``(2, 96, 16, 1)`` — then, per device (``cuda`` only when available; the card is printed):
+
+* **training**: :func:`hpmcore.train.train` for one epoch of ``--steps`` steps of ``--batch-size`` pairs
+  (after a one-step warm-up run), timed by the trainer itself (forward, losses, backward, Adam; no
+  validation, checkpoint writes excluded) → steps/s and pairs/s;
+* **evaluation**: :func:`hpmcore.evaluate.evaluate_model` on ``--queries`` test queries with
+  ``--exemplars`` voters each (every video encoded once, the pair heads per pair, spec §10.2), wall
+  time → queries/s.
+
+``--tiny`` runs the tiny test config instead (a smoke check of the script in seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hpmcore.evaluate import EvalConfig, evaluate_model, synthetic_feature_bank
+from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
+from hpmcore.train import TrainConfig, train
+
+
+def _shapes(cfg: ModelConfig, tiny: bool) -> dict[str, int]:
+    clips = 3 if tiny else 9  # 96 frames, 16-frame clips every 10 frames → 9 (spec §2.3)
+    return dict(i3d_dim=cfg.i3d_dim, static_dim=cfg.static_dim, num_frames=cfg.num_frames, num_clips=clips)
+
+
+def bench_training(
+    cfg: ModelConfig, device: str, *, steps: int, batch_size: int, amp: bool, tiny: bool
+) -> dict:
+    """One epoch of ``steps`` steps (after a one-step warm-up run) → steps/s."""
+    tcfg = TrainConfig(epochs=1, batch_size=batch_size, device=device, amp=amp, pairing="any")  # type: ignore[arg-type]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for name, n_steps in (("warmup", 1), ("timed", steps)):
+            bank = synthetic_feature_bank({"train": n_steps * batch_size}, **_shapes(cfg, tiny), seed=1)
+            model = build_hpmcore(cfg, seed=0)
+            res = train(model, bank, tcfg, seed=0, checkpoint_dir=Path(tmp) / name, progress=False)
+            results[name] = res.train_seconds
+    seconds = results["timed"]
+    return {
+        "steps": steps,
+        "seconds": seconds,
+        "steps_per_s": steps / seconds,
+        "pairs_per_s": steps * batch_size / seconds,
+    }
+
+
+def bench_evaluation(cfg: ModelConfig, device: str, *, queries: int, exemplars: int, tiny: bool) -> dict:
+    """``queries`` test queries with ``exemplars`` voters each (one draw) → queries/s."""
+    bank = synthetic_feature_bank(
+        {"train": exemplars + 1, "test": queries}, dive_numbers=("101a",), **_shapes(cfg, tiny), seed=2
+    )
+    model = build_hpmcore(cfg, seed=0).to(device)
+    ecfg = EvalConfig(exemplars=exemplars, num_voter_draws=1, device=device)  # type: ignore[arg-type]
+    evaluate_model(model, bank, "test", ecfg, seed=0)  # warm-up (allocator, kernels)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    ev = evaluate_model(model, bank, "test", ecfg, seed=0)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    pairs = queries * exemplars
+    assert ev.metrics["num_queries"] == queries
+    return {
+        "queries": queries,
+        "videos_encoded": queries + exemplars + 1,
+        "pairs": pairs,
+        "seconds": seconds,
+        "queries_per_s": queries / seconds,
+        "pairs_per_s": pairs / seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step (spec: 8)")
+    parser.add_argument("--queries", type=int, default=8, help="evaluated queries")
+    parser.add_argument("--exemplars", type=int, default=10, help="voters per query (spec: 10)")
+    parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
+    parser.add_argument("--amp", action="store_true", help="mixed precision for training on CUDA")
+    parser.add_argument("--tiny", action="store_true", help="tiny test config (smoke check)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("hpmcore.train").setLevel(logging.ERROR)  # "no validation split" is intended here
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ModelConfig.tiny() if args.tiny else ModelConfig()
+    n_params = sum(p.numel() for p in build_hpmcore(cfg).parameters())
+    print(
+        f"model: {'tiny' if args.tiny else 'default'} ModelConfig, {n_params:,} parameters; "
+        f"batch {args.batch_size} pairs; {args.exemplars} voters/query; torch {torch.__version__}"
+    )
+    for device in args.devices:
+        if device == "cuda" and not torch.cuda.is_available():
+            print("cuda: not available, skipped")
+            continue
+        name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+        amp = args.amp and device == "cuda"
+        tr = bench_training(
+            cfg, device, steps=args.steps, batch_size=args.batch_size, amp=amp, tiny=args.tiny
+        )
+        ev = bench_evaluation(cfg, device, queries=args.queries, exemplars=args.exemplars, tiny=args.tiny)
+        print(f"[{device}: {name}{', amp' if amp else ''}]")
+        print(
+            f"  training:   {tr['steps_per_s']:.3f} steps/s ({tr['pairs_per_s']:.2f} pairs/s; "
+            f"{tr['steps']} steps in {tr['seconds']:.1f} s)"
+        )
+        print(
+            f"  evaluation: {ev['queries_per_s']:.3f} queries/s ({ev['pairs_per_s']:.2f} pairs/s; "
+            f"{ev['queries']} queries x {args.exemplars} voters, {ev['videos_encoded']} videos encoded, "
+            f"{ev['seconds']:.1f} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,538 @@
+"""Training (spec §9, §11.4): pairing, the lr schedule, named groups, exact resume, validation-only model
+selection, checkpoint fingerprints and bad inputs that must fail before anything is written."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import hpmcore.train as train_mod
+from hpmcore.data.canonical import DatasetError
+from hpmcore.evaluate import EvalConfig, FeatureBank, FeatureBankError, evaluate_model, synthetic_feature_bank
+from hpmcore.models.checkpoints import CheckpointError
+from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
+from hpmcore.train import (
+    BEST,
+    LAST,
+    TrainConfig,
+    build_optimizer,
+    derive_seed,
+    draw_pairs,
+    load_checkpoint,
+    lr_factor,
+    train,
+)
+
+TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _bank(train: int = 8, val: int = 4, test: int = 4, **kw: object) -> FeatureBank:
+    return synthetic_feature_bank({"train": train, "val": val, "test": test}, **TINY, **kw)  # type: ignore[arg-type]
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base = TrainConfig(epochs=3, batch_size=4, lr=1e-3, val_exemplars=3, device="cpu")
+    return replace(base, **kw)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schedule, pairing, optimizer groups
+
+
+def test_lr_schedule_cyclic_reference_and_monotone_option() -> None:
+    cyclic = [lr_factor(t, schedule="cyclic", t_max=20) for t in (0, 10, 20, 40, 60)]
+    assert cyclic == [1.0, 0.5, 0.0, 1.0, 0.0]  # period 40, zero at 20 and 60 (spec §9.4)
+    assert lr_factor(30, schedule="cyclic", t_max=20) == pytest.approx(0.5)
+    mono = [lr_factor(t, schedule="monotone", epochs=40) for t in range(40)]
+    assert mono[0] == 1.0 and mono[20] == pytest.approx(0.5) and mono[10] == pytest.approx(0.5 + 0.5**1.5)
+    assert all(a > b for a, b in itertools.pairwise(mono)) and mono[-1] > 0
+    assert lr_factor(7, schedule="constant") == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor(0, schedule="step")
+
+
+def test_optimizer_follows_the_schedule_epoch_by_epoch(tmp_path: Path) -> None:
+    """The lr actually used per epoch (reported and in Adam's groups) is base·½(1+cos(πt/T_max))."""
+    from hpmcore.baselines import CoReConfig, build_core_baseline
+
+    bank = _bank()
+    model = build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))
+    seen: list[tuple[float, float]] = []
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        state = torch.load(tmp_path / LAST, weights_only=True)
+        next_lr = state["optimizer"]["param_groups"][0]["lr"]  # after scheduler.step(): epoch + 1
+        seen.append((metrics["lr"], next_lr))
+
+    train(
+        model,
+        bank,
+        _cfg(epochs=5, t_max=2, lr=0.1),
+        seed=0,
+        checkpoint_dir=tmp_path,
+        on_epoch=on_epoch,
+        progress=False,
+    )
+    expected = [0.1 * f for f in (1.0, 0.5, 0.0, 0.5, 1.0, 0.5)]
+    assert [lr for lr, _ in seen] == pytest.approx(expected[:5], abs=1e-12)
+    assert [nxt for _, nxt in seen] == pytest.approx(expected[1:], abs=1e-12)
+
+
+def test_pairs_respect_dive_number_singletons_and_any_mode() -> None:
+    dns = ("101a", "101a", "101a", "201b", "201b", "305c")  # 305c is alone in train
+    bank = synthetic_feature_bank({"train": 12}, dive_numbers=dns, **TINY)
+    pool = bank.pool("train")
+    ids = bank.split_ids("train")
+    dn = {i: bank.label(i)["dive_number"] for i in ids}
+    bank1 = synthetic_feature_bank({"train": 7}, dive_numbers=dns, **TINY)  # one 305c, one 101a extra
+    lone = [i for i in bank1.split_ids("train") if bank1.label(i)["dive_number"] == "305c"]
+    partners1 = draw_pairs(bank1.pool("train"), bank1.split_ids("train"), mode="dive_number", seed=1)
+    assert dict(zip(bank1.split_ids("train"), partners1, strict=True))[lone[0]] == lone[0]  # self-pair
+
+    draws = []
+    for epoch in range(6):
+        partners = draw_pairs(pool, ids, mode="dive_number", seed=derive_seed(0, "pairs", epoch))
+        assert all(dn[q] == dn[e] and q != e for q, e in zip(ids, partners, strict=True))
+        draws.append(partners)
+    assert len({tuple(d) for d in draws}) > 1  # a new exemplar every epoch
+    assert draws[0] == draw_pairs(pool, ids, mode="dive_number", seed=derive_seed(0, "pairs", 0))  # seeded
+
+    anys = [draw_pairs(pool, ids, mode="any", seed=s) for s in range(6)]
+    assert all(q != e for a in anys for q, e in zip(ids, a, strict=True))
+    assert any(dn[q] != dn[e] for a in anys for q, e in zip(ids, a, strict=True))  # crosses dive numbers
+    with pytest.raises(DatasetError, match="not in the exemplar pool"):
+        draw_pairs(pool, ["nope/0"], mode="any", seed=0)
+
+
+def test_optimizer_uses_named_groups_and_the_static_trunk_factor() -> None:
+    model = build_hpmcore(ModelConfig.tiny())
+    opt = build_optimizer(model, _cfg(lr=2e-3))
+    assert [g["name"] for g in opt.param_groups] == list(model.parameter_groups())
+    assert all(g["lr"] == 2e-3 for g in opt.param_groups)
+
+    class EndToEnd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.static_trunk, self.head = nn.Linear(2, 2), nn.Linear(2, 1)
+
+        def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+            return {
+                "static_trunk": list(self.static_trunk.parameters()),
+                "head": list(self.head.parameters()),
+            }
+
+    opt = build_optimizer(EndToEnd(), _cfg(lr=1e-3))
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(
+        {"static_trunk": 1e-4, "head": 1e-3}
+    )
+
+    class Partial(EndToEnd):
+        def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+            return {"head": list(self.head.parameters())}
+
+    with pytest.raises(ValueError, match="exactly once"):
+        build_optimizer(Partial(), _cfg())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resume
+
+
+def _strip(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_after_a_crash_mid_epoch_equals_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full model (HD-GCN, GRU dropout, BatchNorm): 3 epochs straight vs crash in epoch 2 + resume."""
+    cfg_m = ModelConfig.tiny()
+    bank = _bank(train=6, val=3, test=0)
+    cfg = _cfg(batch_size=3, pairing="any")
+
+    straight = build_hpmcore(cfg_m, seed=0)
+    res_a = train(straight, bank, cfg, seed=5, checkpoint_dir=tmp_path / "a", progress=False)
+
+    calls = {"n": 0}
+    real_losses = train_mod._losses
+
+    def crashing(*args: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 6:  # 2 steps per epoch: the 2nd step of epoch 2, after one optimizer step
+            raise KeyboardInterrupt("killed")
+        return real_losses(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "_losses", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_hpmcore(cfg_m, seed=0), bank, cfg, seed=5, checkpoint_dir=tmp_path / "b", progress=False)
+    assert torch.load(tmp_path / "b" / LAST, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train_mod, "_losses", real_losses)
+
+    # A fresh "process": other global RNG states, other initial weights; everything must come from last.pt.
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    torch.rand(100), np.random.rand(7), random.random()
+    epochs_run: list[int] = []
+    resumed = build_hpmcore(cfg_m, seed=123)
+    res_b = train(
+        resumed,
+        bank,
+        cfg,
+        seed=5,
+        checkpoint_dir=tmp_path / "b",
+        progress=False,
+        on_epoch=lambda e, m: epochs_run.append(e),
+    )
+    assert res_b.resumed_from == 2 and epochs_run == [2]
+    last_a = torch.load(tmp_path / "a" / LAST, weights_only=True)
+    last_b = torch.load(tmp_path / "b" / LAST, weights_only=True)
+    _assert_same_state(last_a["model"], last_b["model"])
+    for sa, sb in zip(
+        last_a["optimizer"]["state"].values(), last_b["optimizer"]["state"].values(), strict=True
+    ):
+        _assert_same_state(sa, sb)
+    assert torch.equal(last_a["rng"]["torch"], last_b["rng"]["torch"])
+    assert _strip(res_a.history) == _strip(res_b.history)
+    assert res_a.best_epoch == res_b.best_epoch and res_a.best_val == res_b.best_val
+    _assert_same_state(straight.state_dict(), resumed.state_dict())  # both hold best.pt now
+
+    # Running again once complete trains nothing and returns the same selection.
+    third = build_hpmcore(cfg_m, seed=7)
+    again = train(
+        third,
+        bank,
+        cfg,
+        seed=5,
+        checkpoint_dir=tmp_path / "b",
+        progress=False,
+        on_epoch=lambda e, m: epochs_run.append(e),
+    )
+    assert epochs_run == [2] and again.best_epoch == res_a.best_epoch
+    _assert_same_state(straight.state_dict(), third.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation-only model selection
+
+
+def test_model_selection_uses_validation_only_and_never_touches_test(tmp_path: Path) -> None:
+    full = _bank(train=8, val=4, test=4)
+    no_test = FeatureBank({k: v for k, v in full.videos.items() if not k.startswith("test/")}, full.table)
+    cfg_m = ModelConfig.tiny(use_skeleton=False)
+    model = build_hpmcore(cfg_m, seed=0)
+    result = train(model, no_test, _cfg(epochs=4, lr=3e-3), seed=0, checkpoint_dir=tmp_path, progress=False)
+    rhos = [h["val_rho"] for h in result.history]
+    assert result.best_epoch == int(np.argmax([-math.inf if math.isnan(r) else r for r in rhos]))
+    best = load_checkpoint(tmp_path / BEST, build_hpmcore(cfg_m, seed=1))
+    assert best["epoch"] == result.best_epoch and best["val"]["rho"] == result.best_val["rho"]
+    assert best["val"]["split"] == "val"
+    # The returned model holds the best weights; its val metrics are the selected ones.
+    ev = evaluate_model(model, no_test, "val", _cfg().val_eval_config(), seed=0)
+    assert ev.metrics["rho"] == result.best_val["rho"]
+    with pytest.raises(FeatureBankError, match="test/0"):  # the test features really are absent
+        evaluate_model(model, no_test, "test", EvalConfig(exemplars=3, device="cpu"), seed=0)
+
+
+def test_without_validation_split_the_last_epoch_is_kept(tmp_path: Path) -> None:
+    from hpmcore.baselines import CoReConfig, build_core_baseline
+
+    result = train(
+        build_core_baseline(CoReConfig(i3d_dim=16, hidden=8)),
+        _bank(val=0),
+        _cfg(epochs=2),
+        seed=0,
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    assert result.best_epoch == 1 and result.best_val is None and "val_rho" not in result.history[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bad inputs: a clear error naming the culprit, nothing written
+
+
+def test_missing_train_video_names_it_and_writes_nothing(tmp_path: Path) -> None:
+    bank = _bank()
+    partial = FeatureBank({k: v for k, v in bank.videos.items() if k != "train/3"}, bank.table)
+    out = tmp_path / "ckpt"
+    with pytest.raises(FeatureBankError, match=r"'train/3'.*no features"):
+        train(build_hpmcore(ModelConfig.tiny()), partial, _cfg(), seed=0, checkpoint_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_nan_feature_names_the_video_and_writes_nothing(tmp_path: Path) -> None:
+    bank = _bank()
+    videos = dict(bank.videos)
+    bad = videos["val/1"]
+    static = bad.static.clone()
+    static[4, 2] = math.nan
+    videos["val/1"] = replace(bad, static=static)
+    out = tmp_path / "ckpt"
+    with pytest.raises(FeatureBankError, match=r"'val/1'.*static.*NaN"):
+        train(
+            build_hpmcore(ModelConfig.tiny()),
+            FeatureBank(videos, bank.table),
+            _cfg(),
+            seed=0,
+            checkpoint_dir=out,
+            progress=False,
+        )
+    assert not out.exists()
+
+
+def test_val_dive_number_without_train_exemplar_names_the_query(tmp_path: Path) -> None:
+    bank = synthetic_feature_bank({"train": 4}, dive_numbers=("101a", "201b"), **TINY)
+    lonely = synthetic_feature_bank({"val": 1}, dive_numbers=("999z",), seed=3, **TINY)
+    merged = FeatureBank.from_videos(
+        [*bank.videos.values(), *lonely.videos.values()],
+        {**{i: "train" for i in bank.videos}, "val/0": "val"},
+    )
+    out = tmp_path / "ckpt"
+    with pytest.raises(DatasetError, match=r"query 'val/0'.*999z"):
+        train(build_hpmcore(ModelConfig.tiny()), merged, _cfg(), seed=0, checkpoint_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_checkpoint_from_another_config_is_refused_untouched(tmp_path: Path) -> None:
+    from hpmcore.baselines import CoReConfig, build_core_baseline
+
+    bank = _bank()
+    core = CoReConfig(i3d_dim=16, hidden=8)
+    train(build_core_baseline(core), bank, _cfg(epochs=1), seed=0, checkpoint_dir=tmp_path, progress=False)
+    before = _files(tmp_path)
+    assert set(before) == {BEST, LAST}  # atomic writes leave no temp files behind
+    with pytest.raises(CheckpointError, match=rf"{LAST}.*train\.lr"):
+        train(
+            build_core_baseline(core),
+            bank,
+            _cfg(epochs=1, lr=5e-4),
+            seed=0,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    with pytest.raises(CheckpointError, match=r"model\.config\.hidden"):
+        train(
+            build_core_baseline(replace(core, hidden=4)),
+            bank,
+            _cfg(epochs=1),
+            seed=0,
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    with pytest.raises(CheckpointError, match=r"seed"):
+        train(
+            build_core_baseline(core), bank, _cfg(epochs=1), seed=1, checkpoint_dir=tmp_path, progress=False
+        )
+    with pytest.raises(CheckpointError, match=rf"{BEST}.*another model configuration.*hidden"):
+        load_checkpoint(tmp_path / BEST, build_core_baseline(replace(core, hidden=4)))
+    with pytest.raises(CheckpointError, match=r"another model configuration.*kind"):
+        load_checkpoint(tmp_path / BEST, build_hpmcore(ModelConfig.tiny()))
+    assert _files(tmp_path) == before
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.pt.*unreadable"):
+        load_checkpoint(tmp_path / "junk.pt", build_core_baseline(core))
+
+
+def test_checkpoint_holds_the_full_training_state(tmp_path: Path) -> None:
+    bank = _bank()
+    model = build_hpmcore(ModelConfig.tiny(use_skeleton=False))
+    train(
+        model, bank, _cfg(epochs=1, amp=True), seed=0, checkpoint_dir=tmp_path, progress=False
+    )  # amp: CPU → fp32
+    state = torch.load(tmp_path / LAST, weights_only=True)
+    assert {
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "rng",
+        "epoch",
+        "history",
+        "best_epoch",
+        "best_val_rho",
+        "config",
+        "train_seconds",
+    } <= set(state)
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert [g["name"] for g in state["optimizer"]["param_groups"]] == list(model.parameter_groups())
+    assert state["config"]["train"]["lr"] == 1e-3 and "device" not in state["config"]["train"]
+    assert state["config"]["model"]["kind"] == "HPMCoRe"
+
+
+def test_train_config_validation() -> None:
+    TrainConfig().validate()
+    for bad in (
+        dict(epochs=0),
+        dict(lr=0.0),
+        dict(schedule="step"),
+        dict(pairing="judge"),
+        dict(batch_size=0),
+    ):
+        with pytest.raises(ValueError):
+            replace(TrainConfig(), **bad).validate()  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The feature bank from the stages' outputs
+
+
+def _pipeline_outputs(tmp_path: Path, ids: list[str]) -> tuple:
+    """A canonical table, a decode manifest, a features folder and a skeleton table for ``ids``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hpmcore.data.canonical import annotation_table
+    from hpmcore.data.finediving import linspace_indices
+    from hpmcore.extract import DECODE_MANIFEST_SCHEMA, Entry, save_entry
+    from hpmcore.features import FEATURES_MANIFEST_SCHEMA
+    from hpmcore.pose import DiveSkeleton, skeleton_table
+
+    t, start, n = 12, 5, 20
+    labels = [0] * 6 + [1] * 8 + [2] * 6  # steps change at dive frames 6 and 14
+    indices = (linspace_indices(start, start + n - 1, t) + start).tolist()
+    dives, decode, features, poses = [], [], [], []
+    g = torch.Generator().manual_seed(0)
+    for k, vid in enumerate(ids):
+        dives.append(
+            dict(
+                id=vid,
+                video_name=vid.split("/")[0],
+                dive_index=k,
+                video_path="v.mp4",
+                start_frame=start,
+                end_frame=start + n - 1,
+                num_frames=n,
+                dive_number="101a",
+                difficulty=2.0,
+                judge_scores=[],
+                final_score=50.0 + k,
+                transitions=[5, 13],
+                frame_labels=labels,
+                split=("train", "val", "test")[k % 3],
+            )
+        )
+        decode.append(
+            dict(
+                id=vid,
+                source_path="v.mp4",
+                source_hash="sha256:0",
+                start_frame=start,
+                end_frame=start + n - 1,
+                source_num_frames=40,
+                fps=25.0,
+                indices=indices,
+                num_frames=t,
+                height=32,
+                width=32,
+                key=f"dk{k}",
+                path=f"cache/dk{k}.safetensors.zst",
+            )
+        )
+        i3d, static = torch.randn(3, 16, generator=g), torch.randn(t, 12, generator=g)
+        save_entry(
+            Entry({"i3d": i3d, "static": static, "clip_starts": torch.arange(3)}, {"key": f"fk{k}"}),
+            tmp_path / "features" / "cache" / f"fk{k}.safetensors",
+        )
+        features.append(
+            dict(
+                id=vid,
+                source_path="v.mp4",
+                decode_key=f"dk{k}",
+                num_frames=t,
+                num_clips=3,
+                i3d_encoder="i3d",
+                i3d_weights=None,
+                i3d_weights_sha256="random-init",
+                static_encoder="regnet",
+                static_weights=None,
+                static_weights_sha256="random-init",
+                device="cpu",
+                precision="fp32",
+                params="{}",
+                key=f"fk{k}",
+                path=f"cache/fk{k}.safetensors",
+            )
+        )
+        xy = torch.rand(t, 16, 2, generator=g).numpy() * np.array([64, 48], dtype=np.float32)
+        poses.append(DiveSkeleton(vid, np.array(indices), xy, np.ones((t, 16), np.float32), 64, 48))
+    pq.write_table(
+        pa.Table.from_pylist(features, schema=FEATURES_MANIFEST_SCHEMA),
+        tmp_path / "features" / "manifest.parquet",
+    )
+    skel = skeleton_table(poses, {"normalize": "frame", "num_frames": t})
+    return annotation_table(dives), pa.Table.from_pylist(decode, schema=DECODE_MANIFEST_SCHEMA), skel
+
+
+def test_load_feature_bank_from_stage_outputs(tmp_path: Path) -> None:
+    from hpmcore.pose import dive_skeletons
+    from hpmcore.train import load_feature_bank
+
+    ids = ["a/0", "a/1", "a/2"]
+    dives, decode, skel = _pipeline_outputs(tmp_path, ids)
+    bank = load_feature_bank(dives, tmp_path / "features", decode_manifest=decode, skeletons=skel)
+    assert sorted(bank.videos) == ids and bank.split_ids("test") == ["a/2"]
+    v = bank.get("a/1")
+    assert v.i3d.shape == (3, 16) and v.static.shape == (12, 12) and v.skeleton.shape == (2, 12, 16, 1)
+    # Sampled dive frames 0,1,3,5,6,8,10,12,13,15,17,19: stage 2 starts at sample 4, stage 3 at sample 9.
+    assert v.transitions.tolist() == [4, 9]
+    xy = dive_skeletons(skel)["a/1"].xy
+    torch.testing.assert_close(
+        v.skeleton[0, :, :, 0], torch.from_numpy((xy[..., 0] - 32) / 32)
+    )  # "frame" norm
+    torch.testing.assert_close(v.skeleton[1, :, :, 0], torch.from_numpy((xy[..., 1] - 24) / 32))
+    assert (v.score, v.difficulty, v.dive_number) == (51.0, 2.0, "101a")
+
+    # A dive of the table without features: an error naming it and the manifest, or dropped on request.
+    extra, _, _ = _pipeline_outputs(tmp_path / "more", [*ids, "b/0"])
+    with pytest.raises(FeatureBankError, match=r"manifest.parquet: no features for dive 'b/0'"):
+        load_feature_bank(extra, tmp_path / "features", decode_manifest=decode, skeletons=skel)
+    dropped = load_feature_bank(extra, tmp_path / "features", decode_manifest=decode, drop_missing=True)
+    assert dropped.table.num_rows == 3 and dropped.get("a/0").skeleton is None
+    # Features computed from another decode than the manifest says: refused, naming the dive.
+    other = decode.set_column(decode.schema.get_field_index("key"), "key", [["dk0", "dkX", "dk2"]])
+    with pytest.raises(FeatureBankError, match=r"dive 'a/1'.*another decode"):
+        load_feature_bank(dives, tmp_path / "features", decode_manifest=other)
+
+
+def test_dd_mode_regresses_completeness() -> None:
+    """DD mode (spec §10.3): training targets are score / DD; a DD <= 0 is refused, naming the video."""
+    from hpmcore.baselines import CoReConfig, build_core_baseline
+
+    bank = _bank()
+    model = build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))
+    videos = [bank.get(i) for i in bank.split_ids("train")]
+    data = train_mod._train_data(model, videos, _cfg(dd_mode=True), torch.device("cpu"))
+    want = torch.tensor([v.score / v.difficulty for v in videos], dtype=torch.float32)
+    torch.testing.assert_close(data.targets, want)
+    raw = train_mod._train_data(model, videos, _cfg(), torch.device("cpu"))
+    torch.testing.assert_close(raw.targets, torch.tensor([v.score for v in videos], dtype=torch.float32))
+    zero = [replace(videos[0], difficulty=0.0), *videos[1:]]
+    with pytest.raises(FeatureBankError, match=f"'{videos[0].id}' has difficulty <= 0"):
+        train_mod._train_data(model, zero, _cfg(dd_mode=True), torch.device("cpu"))
