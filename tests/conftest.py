@@ -9,13 +9,25 @@ moves right by 3 px per frame (spatial structure for resize checks).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_one_thread() -> Iterator[None]:
+    """One intra-op thread: on a 2-core machine shared with other work, two threads thrash
+    (tiny forwards measured 10-100x slower); one is fast and results do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 PALETTE_LEVELS = np.arange(16, 239, 37)
 """Per-channel grey levels of the palette: 16, 53, …, 238 (7 levels → 343 colours)."""

@@ -4,7 +4,6 @@ feature-dependent score, and run_comparison trains/evaluates variants on the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +25,6 @@ from hpmcore.models.hpmcore import ModelConfig, VideoInputs
 from hpmcore.train import TrainConfig, train
 
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _video(vid: str, score: float, dn: str) -> VideoFeatures:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -32,15 +31,6 @@ T = 16  # frames in the tiny test inputs (the real model sees 96)
 G = [{7}, {6, 8, 12, 13}, {9, 14, 2, 3, 11}, {10, 15, 1, 4}, {5, 0}]
 # Spec §13 item 10: the reference subtracts 1 from already 0-based groups; −1 wraps to joint 15.
 G_REF = [{6}, {5, 7, 11, 12}, {8, 13, 1, 2, 10}, {9, 14, 0, 3}, {4, 15}]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(**kwargs: object) -> HDGCN:

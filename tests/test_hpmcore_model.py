@@ -4,7 +4,6 @@ parameter counts (spec §14.1), a one-batch overfit and query/exemplar antisymme
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,15 +21,6 @@ from hpmcore.models.segmentation import decode_halves, decode_joint, fixed_third
 T, J = 12, 3  # tiny: 12 frames, 3 clips (clip stride 4)
 GT = torch.tensor([[3, 8], [2, 7], [4, 9], [1, 6], [5, 10], [3, 6]])
 SCORES = torch.tensor([80.0, 60.0, 70.0, 65.0, 90.0, 55.0])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _videos(n: int, *, seed: int = 0, cfg: ModelConfig | None = None) -> VideoInputs:

@@ -6,7 +6,6 @@ Reference values are written out by hand or computed by independent, loop-based 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -36,15 +35,6 @@ from hpmcore.models.segmentation import (
     gt_transitions_batch,
     to_clip_index,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _count(module: nn.Module) -> int:

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +51,6 @@ from hpmcore.video import decode_dive, probe
 
 RTMPOSE_T = "body_2d_keypoint/rtmpose/coco/rtmpose-t_8xb256-420e_coco-256x192.py"
 """The smallest bundled RTMPose (mmpose/.mim/configs)."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On the shared 2-core machine two intra-op threads thrash; one is fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _dives(*rows: tuple[str, int, str, int, int]) -> pa.Table:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from torch import nn
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.gsm import GateShift, TemporalShift, gsm_channels
 from hpmcore.models.static import StaticEncoder, build_static_encoder, load_static_weights
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """On the shared 2-core machine two intra-op threads thrash (10-100x slower); one is fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 T = 4  # frames per video in these tests (96 in HP-MCoRe)
 HW = 32  # spatial size in these tests (112 in HP-MCoRe)
