@@ -27,3 +27,5 @@ def configure_environment(project_dir: Path = PROJECT_DIR) -> None:
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    # Prefect creates its home without parents and then fails to open its database: make it here.
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One Prefect home for the module: its database is migrated once, not per test (slow on 2 cores)."""
-    return tmp_path_factory.mktemp("prefect-home")
+    """One Prefect home for the module: its database is migrated once, not per test (slow on 2 cores).
+
+    It does not exist yet (nor its parent), as on a fresh clone: the flow must create it.
+    """
+    return tmp_path_factory.mktemp("prefect") / "state" / "prefect"
 
 
 def _env(tmp: Path, prefect_home: Path | None = None) -> dict[str, str]:
