@@ -191,9 +191,29 @@ def entry_path(cache_dir: Path, key: str, *, compress: bool) -> Path:
     return Path(cache_dir) / f"{key}{ZSTD_SUFFIX if compress else SUFFIX}"
 
 
+def canonical_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted.
+
+    safetensors serialises the header (tensor entries and ``__metadata__``) from hash maps, so the
+    key order, and with it the file's bytes, changes from process to process. Entries are DVC outputs
+    whose hashes go into ``dvc.lock``: the same content must give the same bytes. Sorting keeps the
+    header's length (same keys and values), so the tensor data stays where the offsets say.
+    """
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    sorted_header = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(sorted_header) > n:  # cannot happen for serde_json output; guard against a format change
+        raise ValueError(f"sorted safetensors header is longer ({len(sorted_header)} > {n} bytes)")
+    return data[:8] + sorted_header.ljust(n, b" ") + data[8 + n :]
+
+
 def save_entry(entry: Entry, path: Path) -> None:
-    """Write ``entry`` to ``path`` atomically (zstd-compressed when ``path`` ends in ``.zst``)."""
-    data = st_save({k: v.detach().cpu().contiguous() for k, v in entry.tensors.items()}, dict(entry.meta))
+    """Write ``entry`` to ``path`` atomically (zstd-compressed when ``path`` ends in ``.zst``).
+
+    The bytes depend only on the entry's content (:func:`canonical_header`).
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in entry.tensors.items()}
+    data = canonical_header(st_save(tensors, dict(entry.meta)))
     with atomic_path(path) as tmp:
         if path.name.endswith(".zst"):
             with pa.CompressedOutputStream(str(tmp), "zstd") as f:

@@ -556,3 +556,25 @@ def test_flow_logs_stage_counts_throughput_and_failures_to_mlflow(tmp_path: Path
             "reason": "v9.mp4: empty file (0 bytes)",
         }
     ]
+
+
+def test_entry_bytes_depend_only_on_content(tmp_path: Path) -> None:
+    """safetensors writes its header from hash maps (key order varies between processes); entries are
+    DVC outputs, so the same content must give the same bytes, in this process and in another."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from pathlib import Path; from hpmcore.extract import Entry, save_entry\n"
+        "meta = {f'key{i}': str(i) for i in range(12)}\n"
+        "tensors = {n: torch.arange(6, dtype=torch.float32) * i for i, n in enumerate('abcdef')}\n"
+        "save_entry(Entry(tensors, meta), Path(sys.argv[1]))\n"
+    )
+    paths = [tmp_path / f"e{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    contents = {path.read_bytes() for path in paths}
+    assert len(contents) == 1
+    entry = load_entry(paths[0])
+    assert entry.meta == {f"key{i}": str(i) for i in range(12)}
+    assert torch.equal(entry.tensors["c"], torch.arange(6, dtype=torch.float32) * 2)
