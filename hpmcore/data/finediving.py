@@ -41,7 +41,7 @@ from hpmcore.data.canonical import (
     validate_annotations,
 )
 from hpmcore.data.safe_pickle import safe_load
-from hpmcore.data.split_files import assign_splits, few, report, report_unsplit
+from hpmcore.data.split_files import as_float, as_int, assign_splits, few, report, report_unsplit, where
 from hpmcore.io import atomic_path
 
 ANNOTATIONS_DIR = "Annotations"
@@ -79,10 +79,6 @@ def linspace_indices(start: int, end: int, num: int = NUM_SAMPLES) -> np.ndarray
 # Value checks: every message names the file, the key and the field.
 
 
-def _where(path: Path, key: Any) -> str:
-    return f"{path}: key {key!r}"
-
-
 def _check_key(path: Path, key: Any) -> Key:
     """A FineDiving key is ``(video_name: str, dive_index: int)``."""
     if (
@@ -96,55 +92,42 @@ def _check_key(path: Path, key: Any) -> Key:
     return (str(key[0]), int(key[1]))
 
 
-def _as_float(path: Path, key: Any, name: str, value: Any) -> float:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        raise DatasetError(f"{_where(path, key)}: {name} should be a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _as_int(path: Path, key: Any, name: str, value: Any) -> int:
-    number = _as_float(path, key, name, value)
-    if not number.is_integer():
-        raise DatasetError(f"{_where(path, key)}: {name} should be an integer, got {value!r}")
-    return int(number)
-
-
 def _as_str(path: Path, key: Any, name: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise DatasetError(f"{_where(path, key)}: {name} should be a string, got {type(value).__name__}")
+        raise DatasetError(f"{where(path, key)}: {name} should be a string, got {type(value).__name__}")
     try:
         return normalize_dive_number(value)
     except ValueError as exc:
-        raise DatasetError(f"{_where(path, key)}: {name}: {exc}") from None
+        raise DatasetError(f"{where(path, key)}: {name}: {exc}") from None
 
 
 def _as_int_list(path: Path, key: Any, name: str, value: Any) -> list[int]:
     if isinstance(value, np.ndarray):
         if value.ndim != 1 or not (value.size == 0 or np.issubdtype(value.dtype, np.integer)):
             raise DatasetError(
-                f"{_where(path, key)}: {name} should be a 1-D integer array, got dtype {value.dtype} "
+                f"{where(path, key)}: {name} should be a 1-D integer array, got dtype {value.dtype} "
                 f"shape {value.shape}"
             )
         return [int(v) for v in value]
     if isinstance(value, list | tuple):
-        return [_as_int(path, key, f"{name}[{i}]", v) for i, v in enumerate(value)]
-    raise DatasetError(f"{_where(path, key)}: {name} should be an integer array, got {type(value).__name__}")
+        return [as_int(path, key, f"{name}[{i}]", v) for i, v in enumerate(value)]
+    raise DatasetError(f"{where(path, key)}: {name} should be an integer array, got {type(value).__name__}")
 
 
 def _as_float_list(path: Path, key: Any, name: str, value: Any) -> list[float]:
     if isinstance(value, np.ndarray):
         if value.ndim != 1:
-            raise DatasetError(f"{_where(path, key)}: {name} should be 1-D, got shape {value.shape}")
+            raise DatasetError(f"{where(path, key)}: {name} should be 1-D, got shape {value.shape}")
         value = value.tolist()
     if not isinstance(value, list | tuple):
-        raise DatasetError(f"{_where(path, key)}: {name} should be a list, got {type(value).__name__}")
-    return [_as_float(path, key, f"{name}[{i}]", v) for i, v in enumerate(value)]
+        raise DatasetError(f"{where(path, key)}: {name} should be a list, got {type(value).__name__}")
+    return [as_float(path, key, f"{name}[{i}]", v) for i, v in enumerate(value)]
 
 
 def _require(path: Path, key: Any, value: dict, names: Sequence[str]) -> None:
     missing = [n for n in names if n not in value]
     if missing:
-        raise DatasetError(f"{_where(path, key)}: missing field(s) {missing}")
+        raise DatasetError(f"{where(path, key)}: missing field(s) {missing}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,15 +165,15 @@ _COARSE_FIELDS = ("action_type", "start_frame", "end_frame", "dive_score", "diff
 
 def _parse_aqa(path: Path, key: Any, value: Any) -> _Fine:
     if not isinstance(value, list | tuple):
-        raise DatasetError(f"{_where(path, key)}: value should be a 5-item list, got {type(value).__name__}")
+        raise DatasetError(f"{where(path, key)}: value should be a 5-item list, got {type(value).__name__}")
     if len(value) != 5:
-        raise DatasetError(f"{_where(path, key)}: value should be a 5-item list, got {len(value)} items")
+        raise DatasetError(f"{where(path, key)}: value should be a 5-item list, got {len(value)} items")
     dive_number, score, dd, transits, labels = value
     return _Fine(
         source=path,
         dive_number=_as_str(path, key, "dive number (item 1)", dive_number),
-        final_score=_as_float(path, key, "final score (item 2)", score),
-        difficulty=_as_float(path, key, "DD (item 3)", dd),
+        final_score=as_float(path, key, "final score (item 2)", score),
+        difficulty=as_float(path, key, "DD (item 3)", dd),
         transitions=_as_int_list(path, key, "steps_transit_frames (item 4)", transits),
         frame_labels=_as_int_list(path, key, "frames_labels (item 5)", labels),
     )
@@ -198,13 +181,13 @@ def _parse_aqa(path: Path, key: Any, value: Any) -> _Fine:
 
 def _parse_fine(path: Path, key: Any, value: Any) -> _Fine:
     if not isinstance(value, dict):
-        raise DatasetError(f"{_where(path, key)}: value should be a dict, got {type(value).__name__}")
+        raise DatasetError(f"{where(path, key)}: value should be a dict, got {type(value).__name__}")
     _require(path, key, value, _FINE_FIELDS)
     return _Fine(
         source=path,
         dive_number=_as_str(path, key, "action_type", value["action_type"]),
-        final_score=_as_float(path, key, "dive_score", value["dive_score"]),
-        difficulty=_as_float(path, key, "difficulty", value["difficulty"]),
+        final_score=as_float(path, key, "dive_score", value["dive_score"]),
+        difficulty=as_float(path, key, "difficulty", value["difficulty"]),
         transitions=_as_int_list(path, key, "steps_transit_frames", value["steps_transit_frames"]),
         frame_labels=_as_int_list(path, key, "frames_labels", value["frames_labels"]),
     )
@@ -212,17 +195,17 @@ def _parse_fine(path: Path, key: Any, value: Any) -> _Fine:
 
 def _parse_coarse(path: Path, key: Any, value: Any) -> _Coarse:
     if not isinstance(value, dict):
-        raise DatasetError(f"{_where(path, key)}: value should be a dict, got {type(value).__name__}")
+        raise DatasetError(f"{where(path, key)}: value should be a dict, got {type(value).__name__}")
     _require(path, key, value, _COARSE_FIELDS)
-    start = _as_int(path, key, "start_frame", value["start_frame"])
-    end = _as_int(path, key, "end_frame", value["end_frame"])
+    start = as_int(path, key, "start_frame", value["start_frame"])
+    end = as_int(path, key, "end_frame", value["end_frame"])
     if end < start:
-        raise DatasetError(f"{_where(path, key)}: end_frame {end} before start_frame {start}")
+        raise DatasetError(f"{where(path, key)}: end_frame {end} before start_frame {start}")
     return _Coarse(
         source=path,
         dive_number=_as_str(path, key, "action_type", value["action_type"]),
-        final_score=_as_float(path, key, "dive_score", value["dive_score"]),
-        difficulty=_as_float(path, key, "difficulty", value["difficulty"]),
+        final_score=as_float(path, key, "dive_score", value["dive_score"]),
+        difficulty=as_float(path, key, "difficulty", value["difficulty"]),
         start_frame=start,
         end_frame=end,
         judge_scores=_as_float_list(path, key, "judge_scores", value["judge_scores"]),
@@ -474,14 +457,14 @@ def _row(
     labels = fine.frame_labels if fine else []
     if fine is not None and labels and len(labels) != n:
         raise DatasetError(
-            f"{_where(fine.source, key)}: {len(labels)} frames_labels but frames {start}..{end} ({n}) "
+            f"{where(fine.source, key)}: {len(labels)} frames_labels but frames {start}..{end} ({n}) "
             f"from {frames_from}"
         )
     if fine is not None and (
         any(not 0 <= t < n for t in transitions) or transitions != sorted(set(transitions))
     ):
         raise DatasetError(
-            f"{_where(fine.source, key)}: steps_transit_frames {transitions} unsorted or outside 0..{n - 1}"
+            f"{where(fine.source, key)}: steps_transit_frames {transitions} unsorted or outside 0..{n - 1}"
         )
     main = fine if fine is not None else coarse
     assert main is not None  # every key comes from a fine-grained or a coarse file

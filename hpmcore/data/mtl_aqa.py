@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from hpmcore.data.canonical import DatasetError, annotation_table, dive_id, normalize_dive_number
 from hpmcore.data.safe_pickle import safe_load
-from hpmcore.data.split_files import assign_splits, report_unsplit
+from hpmcore.data.split_files import as_float, as_int, assign_splits, report_unsplit, where
 
 ANNOTATION_FILE = "final_annotations_dict_with_dive_number.pkl"
 TRAIN_SPLIT_FILE = "train_split_0.pkl"
@@ -31,10 +31,6 @@ INFO_DIR = "info"
 REQUIRED_FIELDS = ("start_frame", "end_frame", "difficulty", "final_score", "judge_scores", "dive_number")
 
 Key = tuple[int, int]
-
-
-def _where(path: Path, key: Any) -> str:
-    return f"{path}: key {key!r}"
 
 
 def _check_key(path: Path, key: Any) -> Key:
@@ -56,51 +52,36 @@ def _read_split(path: Path) -> list[Key]:
     return [_check_key(path, key) for key in keys]
 
 
-def _as_float(path: Path, key: Any, name: str, value: Any) -> float:
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value[()]
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        raise DatasetError(f"{_where(path, key)}: {name} should be a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _as_int(path: Path, key: Any, name: str, value: Any) -> int:
-    number = _as_float(path, key, name, value)
-    if not number.is_integer():
-        raise DatasetError(f"{_where(path, key)}: {name} should be an integer, got {value!r}")
-    return int(number)
-
-
 def _parse_value(path: Path, key: Key, value: Any) -> dict:
     if not isinstance(value, dict):
-        raise DatasetError(f"{_where(path, key)}: value should be a dict, got {type(value).__name__}")
+        raise DatasetError(f"{where(path, key)}: value should be a dict, got {type(value).__name__}")
     missing = [name for name in REQUIRED_FIELDS if name not in value]
     if missing:
-        raise DatasetError(f"{_where(path, key)}: missing field(s) {missing}")
-    start = _as_int(path, key, "start_frame", value["start_frame"])
-    end = _as_int(path, key, "end_frame", value["end_frame"])
+        raise DatasetError(f"{where(path, key)}: missing field(s) {missing}")
+    start = as_int(path, key, "start_frame", value["start_frame"])
+    end = as_int(path, key, "end_frame", value["end_frame"])
     if end < start:
-        raise DatasetError(f"{_where(path, key)}: end_frame {end} before start_frame {start}")
+        raise DatasetError(f"{where(path, key)}: end_frame {end} before start_frame {start}")
     judges = value["judge_scores"]
     if isinstance(judges, np.ndarray):
         if judges.ndim != 1:
-            raise DatasetError(f"{_where(path, key)}: judge_scores should be 1-D, got shape {judges.shape}")
+            raise DatasetError(f"{where(path, key)}: judge_scores should be 1-D, got shape {judges.shape}")
         judges = list(judges)
     if not isinstance(judges, list | tuple):
         raise DatasetError(
-            f"{_where(path, key)}: judge_scores should be an array, got {type(judges).__name__}"
+            f"{where(path, key)}: judge_scores should be an array, got {type(judges).__name__}"
         )
     dive_number = value["dive_number"]
     if isinstance(dive_number, bytes):  # a Python 2 str read with encoding="bytes"
         dive_number = dive_number.decode("latin1")
     if not isinstance(dive_number, str):
         raise DatasetError(
-            f"{_where(path, key)}: dive_number should be a string, got {type(dive_number).__name__}"
+            f"{where(path, key)}: dive_number should be a string, got {type(dive_number).__name__}"
         )
     try:
         dive_number = normalize_dive_number(dive_number)
     except ValueError as exc:
-        raise DatasetError(f"{_where(path, key)}: dive_number: {exc}") from None
+        raise DatasetError(f"{where(path, key)}: dive_number: {exc}") from None
     video_name = f"{key[0]:02d}"
     return {
         "id": dive_id(video_name, key[1]),
@@ -111,9 +92,9 @@ def _parse_value(path: Path, key: Key, value: Any) -> dict:
         "end_frame": end,
         "num_frames": end - start + 1,
         "dive_number": dive_number,
-        "difficulty": _as_float(path, key, "difficulty", value["difficulty"]),
-        "judge_scores": [_as_float(path, key, f"judge_scores[{i}]", s) for i, s in enumerate(judges)],
-        "final_score": _as_float(path, key, "final_score", value["final_score"]),
+        "difficulty": as_float(path, key, "difficulty", value["difficulty"]),
+        "judge_scores": [as_float(path, key, f"judge_scores[{i}]", s) for i, s in enumerate(judges)],
+        "final_score": as_float(path, key, "final_score", value["final_score"]),
         "transitions": [],
         "frame_labels": [],
     }

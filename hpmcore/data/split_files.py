@@ -1,4 +1,5 @@
-"""Shared by the FineDiving and MTL-AQA readers: split pickles → one split per annotation key."""
+"""Shared by the FineDiving and MTL-AQA readers: split pickles → one split per annotation key, and
+the checks of pickled values (messages name the file and the key)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import logging
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from hpmcore.data.canonical import DatasetError
 
@@ -19,6 +22,36 @@ def report(problems: list[str] | None, message: str) -> None:
     log.warning("%s", message)
     if problems is not None:
         problems.append(message)
+
+
+def where(path: Path, key: Any) -> str:
+    """``"<path>: key <key>"``, the start of a message about one annotation entry."""
+    return f"{path}: key {key!r}"
+
+
+def as_float(path: Path, key: Any, name: str, value: Any) -> float:
+    """A pickled number (Python or numpy, also a 0-d array) as float; bools and others are refused.
+
+    Raises:
+        DatasetError: naming the file, the key and the field.
+    """
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise DatasetError(f"{where(path, key)}: {name} should be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def as_int(path: Path, key: Any, name: str, value: Any) -> int:
+    """A pickled whole number (``3`` or ``3.0``) as int.
+
+    Raises:
+        DatasetError: naming the file, the key and the field.
+    """
+    number = as_float(path, key, name, value)
+    if not number.is_integer():
+        raise DatasetError(f"{where(path, key)}: {name} should be an integer, got {value!r}")
+    return int(number)
 
 
 def few(items: Sequence[Any], limit: int = 10, quote: bool = True) -> str:
