@@ -53,14 +53,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm import tqdm
 
 from hpmcore.config import DecodeConfig
-from hpmcore.io import atomic_path
+from hpmcore.io import atomic_path, read_parquet
 
 __all__ = [
     "CACHE_DIR",
@@ -549,13 +548,7 @@ def read_manifest(path: Path, schema: pa.Schema) -> pa.Table:
     Raises:
         ManifestError: the file is missing, unreadable or has other columns (the message names it).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found (run the stage that writes it first)")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from None
+    table = read_parquet(path, ManifestError, "manifest not found (run the stage that writes it first)")
     if not table.schema.remove_metadata().equals(schema.remove_metadata()):
         raise ManifestError(
             f"{path}: columns differ from the expected manifest:\n{table.schema}\nexpected:\n{schema}"

@@ -45,6 +45,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def read_parquet(path: Path, error: type[Exception], missing: str) -> pa.Table:
+    """Read a Parquet file, turning a missing or unreadable file into ``error`` naming it.
+
+    Args:
+        path: the file.
+        error: the exception class the caller's users expect (e.g. ``DatasetError``).
+        missing: the message after ``"<path>: "`` when the file does not exist.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {missing}")
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise error(f"{path}: not a readable Parquet file ({exc})") from None
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` atomically (zstd-compressed Parquet)."""
     with atomic_path(path) as tmp:

@@ -96,7 +96,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -120,6 +119,7 @@ from hpmcore.extract import (
     sha256_file,
     source_hash,
 )
+from hpmcore.io import read_parquet
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.video import FRAME_SUFFIXES, VideoError, decode_dive, probe
 
@@ -1164,15 +1164,12 @@ def _groups(ids: pa.ChunkedArray | pa.Array) -> Iterator[tuple[str, np.ndarray]]
 
 def _read_skeleton_table(path: Path) -> dict[str, tuple[np.ndarray, ...]]:
     """A canonical skeleton table as ``{id: (frame, joint, xy (R, 2), confidence)}``."""
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: skeleton table not found (pose.source 'skeletons' needs a canonical "
-            f"skeletons.parquet; set pose.annotations_path or another pose.source)"
-        )
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
+    table = read_parquet(
+        path,
+        DatasetError,
+        "skeleton table not found (pose.source 'skeletons' needs a canonical skeletons.parquet; "
+        "set pose.annotations_path or another pose.source)",
+    )
     missing = [n for n in SKELETON_SCHEMA.names if n not in table.schema.names]
     if missing:
         raise DatasetError(f"{path}: not a canonical skeleton table, lacks column(s) {missing}")

@@ -35,7 +35,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from hpmcore.io import read_parquet
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -165,13 +166,6 @@ def read_annotations(path: Path) -> pa.Table:
     Raises:
         DatasetError: if the file is missing, unreadable or violates the canonical schema.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation table not found")
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from exc
-    table = table.replace_schema_metadata(None)
+    table = read_parquet(path, DatasetError, "annotation table not found").replace_schema_metadata(None)
     validate_annotations(table, source=str(path))
     return table
