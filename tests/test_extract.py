@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 import torch
 import yaml
 from conftest import SyntheticVideo, synthetic_frames
+from pipeline_project import PROJECT, copy_pipeline, repro, run_ok, set_params
 
 from hpmcore.config import DecodeConfig
 from hpmcore.data.canonical import annotation_table
@@ -42,7 +42,6 @@ from hpmcore.extract import (
 )
 from hpmcore.video import decode_dive
 
-PROJECT = Path(__file__).resolve().parents[1]
 SMALL = DecodeConfig(num_frames=16, width=32, height=32, min_source_frames=8)
 MAKE = Callable[..., SyntheticVideo]
 
@@ -421,64 +420,21 @@ TINY = {
 }
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.update(
-        DVC_NO_ANALYTICS="1",
-        DO_NOT_TRACK="true",
-        HPMCORE_STATE_DIR=str(tmp / ".hpmcore"),
-        PYTHONPATH=str(PROJECT),
-        OMP_NUM_THREADS="1",  # the shared 2-core test machine: one intra-op thread is fastest
-    )
-    return env
-
-
-def _run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd.parent), capture_output=True, text=True, check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out}"
-    return out
-
-
-def _set_params(project: Path, **sections: Any) -> None:
-    path = project / "params.yaml"
-    params = yaml.safe_load(path.read_text())
-    for name, values in sections.items():
-        params[name].update(values)
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-
-
-def _repro(project: Path) -> tuple[set[str], str]:
-    out = _run([sys.executable, "-m", "dvc", "repro"], project)
-    return set(re.findall(r"Running stage '([\w@.-]+)'", out)), out
-
-
 @pytest.mark.slow
 def test_dvc_repro_extracts_incrementally(tmp_path: Path) -> None:
     from hpmcore.data.render import write_mp4
     from hpmcore.video import probe
 
-    project = tmp_path / "project"
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("hpmcore", "stages", "flows"):
-        shutil.copytree(PROJECT / name, project / name, ignore=ignore)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(PROJECT / name, project / name)
-    _set_params(project, **TINY)
-    _run(["git", "init", "-q", "-b", "main"], project)
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init"], project)
+    project = copy_pipeline(tmp_path / "project", **TINY)
 
-    ran, out = _repro(project)
+    ran, out = repro(project)
     assert {"synth", "prepare", "decode", "features"} <= ran
     assert "decode: computed 6, reused 0" in out and "features: computed 6, reused 0" in out
     features = pq.read_table(project / "data/features/manifest.parquet")
     assert features.num_rows == 6
     assert set(features.column("i3d_weights_sha256").to_pylist()) == {"random-init"}
 
-    ran, out = _repro(project)
+    ran, out = repro(project)
     assert ran == set() and "Data and pipelines are up to date" in out
 
     # Editing a video inside data/synth edits an output of the synth stage, not a source: DVC sees
@@ -489,14 +445,14 @@ def test_dvc_repro_extracts_incrementally(tmp_path: Path) -> None:
     n = probe(video).num_frames
     write_mp4(iter(synthetic_frames(n, 64, 64)), video, fps=25)
     assert video.read_bytes() != original
-    ran, out = _repro(project)
+    ran, out = repro(project)
     assert ran == set() and "Stage 'synth' is cached - skipping run, checking out outputs" in out, out
     assert video.read_bytes() == original
 
     # One more dive: the others are byte-identical (a dive does not depend on num_dives), so only
     # the new one is decoded and encoded.
-    _set_params(project, synth={"num_dives": 7})
-    ran, out = _repro(project)
+    set_params(project, synth={"num_dives": 7})
+    ran, out = repro(project)
     assert {"synth", "prepare", "decode", "features"} <= ran
     assert "decode: computed 1, reused 6 (failed 0, removed 0 stale)" in out
     assert "features: computed 1, reused 6 (failed 0, removed 0 stale)" in out
@@ -504,24 +460,24 @@ def test_dvc_repro_extracts_incrementally(tmp_path: Path) -> None:
     # A dataset that is a source, not a DVC output (e.g. a FineDiving copy): the same videos under
     # another root reuse every entry (content-addressed) ...
     shutil.copytree(project / "data/synth", project / "raw")
-    _set_params(project, data={"root": "raw"})
-    ran, out = _repro(project)
+    set_params(project, data={"root": "raw"})
+    ran, out = repro(project)
     assert "decode: computed 0, reused 7 (failed 0, removed 0 stale)" in out
     assert "features" not in ran  # identical decode outputs: DVC skips features
 
     # ... and re-encoding one source video reruns decode and features for that video only.
     source = project / "raw/videos" / video.name
     write_mp4(iter(synthetic_frames(n, 64, 64)), source, fps=25)
-    ran, out = _repro(project)
+    ran, out = repro(project)
     assert {"decode", "features"} <= ran
     assert "decode: computed 1, reused 6 (failed 0, removed 1 stale)" in out
     assert "features: computed 1, reused 6 (failed 0, removed 1 stale)" in out
     assert len(os.listdir(project / "data/decoded/cache")) == 7
     stats = json.loads((project / "data/features/stats.json").read_text())
     assert (stats["computed"], stats["reused"], stats["failed"]) == (1, 6, 0)
-    ran, out = _repro(project)
+    ran, out = repro(project)
     assert ran == set(), out
-    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project)
+    metrics = run_ok([sys.executable, "-m", "dvc", "metrics", "show", "--json"], project)
     assert '"computed": 1' in metrics
 
 
@@ -561,7 +517,6 @@ def test_flow_logs_stage_counts_throughput_and_failures_to_mlflow(tmp_path: Path
 def test_entry_bytes_depend_only_on_content(tmp_path: Path) -> None:
     """safetensors writes its header from hash maps (key order varies between processes); entries are
     DVC outputs, so the same content must give the same bytes, in this process and in another."""
-    import subprocess
     import sys
 
     code = (
