@@ -80,6 +80,11 @@ class DataConfig:
     val_fraction: float = 0.1
     """Fraction of train carved out as validation, stratified by dive number (spec §11.4)."""
 
+    def root_path(self, project_dir: Path) -> Path:
+        """``root`` as a path: relative roots are taken relative to ``project_dir``."""
+        root = Path(self.root)
+        return root if root.is_absolute() else Path(project_dir) / root
+
     def validate(self) -> None:
         """Raise ``ConfigError`` for an impossible split."""
         if not 0.0 <= self.val_fraction < 1.0:

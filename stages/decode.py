@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError) as exc:
         log.error("%s", exc)
         return 2
-    root = Path(params.data.root)
-    if not root.is_absolute():
-        root = args.params.parent / root
+    root = params.data.root_path(args.params.parent)
     try:
         result = decode_videos(dives, params.decode, root=root, out_dir=args.out)
     except ExtractionFailed as exc:

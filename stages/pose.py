@@ -50,13 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         dives = read_annotations(args.dives)
         decoded = read_manifest(args.decoded / MANIFEST, DECODE_MANIFEST_SCHEMA)
-        root = Path(params.data.root)
-        if not root.is_absolute():
-            root = args.params.parent / root
         result = extract_pose(
             dives,
             params.pose,
-            root=root,
+            root=params.data.root_path(args.params.parent),
             out_dir=args.out,
             decode_cfg=params.decode,
             decoded=decoded,

@@ -36,9 +36,7 @@ def prepare_dataset(cfg: DataConfig, seed: int, project_dir: Path = Path(".")) -
     Raises:
         DatasetError: when the dataset files are missing or malformed (message names the file).
     """
-    root = Path(cfg.root)
-    if not root.is_absolute():
-        root = Path(project_dir) / root
+    root = cfg.root_path(project_dir)
     fmt = "canonical" if cfg.format == "synthetic" else cfg.format
     table, problems = read_dataset(fmt, [root])
     if "val" not in table.column("split").to_pylist():
