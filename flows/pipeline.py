@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import pyarrow.parquet as pq
 import yaml
 from dvc.repo import Repo
@@ -32,8 +33,20 @@ from prefect.runtime import flow_run
 import hpmcore
 from flows.settings import PROJECT_DIR, state_dir
 from hpmcore import tracking
-from hpmcore.config import flatten, load_params, params_to_dict
-from hpmcore.extract import FAILURES
+from hpmcore.config import Params, flatten, load_params, params_to_dict
+from hpmcore.extract import FAILURES, MANIFEST
+from hpmcore.models.export import PairScorer
+from hpmcore.runs import CHECKPOINTS, build_model
+from hpmcore.train import BEST, load_checkpoint
+
+MODEL_DIR = Path("data/model")
+"""The train stage's output folder (``model_dir`` in dvc.yaml)."""
+EVAL_DIR = Path("data/eval")
+"""The evaluate stage's output folder (``eval_dir`` in dvc.yaml)."""
+FEATURES_DIR = Path("data/features")
+COMPARE_DIR = Path("data/compare")
+REGISTERED_MODEL = "hpmcore"
+"""Name of the model in the MLflow model registry."""
 
 
 class StageFailed(RuntimeError):
@@ -49,11 +62,27 @@ class StageRun:
     seconds: float
 
 
-def stage_order(project_dir: Path) -> list[str]:
-    """The pipeline's stage names, upstream first (from DVC's own dependency graph)."""
+COMPARE_STAGE = "compare/dvc.yaml:compare"
+"""The comparison stage (its own dvc.yaml, so that a plain ``dvc repro`` leaves it out)."""
+
+
+def stage_order(project_dir: Path, *, compare: bool = False) -> list[str]:
+    """The pipeline's stages (DVC addresses: ``train``, ``compare/dvc.yaml:compare``), upstream first,
+    from DVC's own dependency graph: those of the top-level ``dvc.yaml``, plus the comparison stage
+    when ``compare``."""
     with Repo(str(project_dir)) as repo:
         graph = repo.index.graph  # edges point from a stage to the stages it depends on
-        return [stage.name for stage in reversed(list(nx.topological_sort(graph)))]
+        root = Path(repo.root_dir)
+        stages = []
+        for stage in reversed(list(nx.topological_sort(graph))):
+            dvcfile = Path(stage.dvcfile.path).resolve().relative_to(root.resolve())
+            stages.append(stage.name if dvcfile == Path("dvc.yaml") else f"{dvcfile.as_posix()}:{stage.name}")
+    return [s for s in stages if ":" not in s or (compare and s == COMPARE_STAGE)]
+
+
+def stage_name(address: str) -> str:
+    """``compare/dvc.yaml:compare`` → ``compare``; top-level names stay."""
+    return address.rsplit(":", 1)[-1]
 
 
 def stage_reports(project_dir: Path) -> dict[str, dict[str, list[Path]]]:
@@ -102,7 +131,7 @@ def _subprocess_env() -> dict[str, str]:
 
 @task(name="dvc-stage", task_run_name="{stage}")
 def reproduce_stage(project_dir: Path, stage: str, force: bool = False) -> StageRun:
-    """Run ``dvc repro --single-item STAGE``, streaming its output to the flow log.
+    """Run ``dvc repro --single-item STAGE`` (a DVC address), streaming its output to the flow log.
 
     Not retried: a failed stage is a bug or bad input to look at, and DVC leaves no half-written
     outputs behind (stage scripts write atomically).
@@ -149,6 +178,51 @@ def git_lineage(project_dir: Path) -> dict[str, str]:
     }
 
 
+def log_comparison(project_dir: Path) -> None:
+    """Log the comparison table (Markdown + JSON) as artifacts and each variant's test metrics as
+    ``compare.<variant>.<metric>``."""
+    folder = project_dir / COMPARE_DIR
+    for name in ("comparison.md", "comparison.json"):
+        tracking.log_file(folder / name, "compare")
+    rows = json.loads((folder / "comparison.json").read_text())["rows"]
+    for row in rows:
+        slug = "".join(c if c.isalnum() else "_" for c in row["name"].lower()).strip("_")
+        tracking.log_metrics(
+            {f"compare.{slug}.{k}": row[k] for k in ("rho", "rl2_x100", "aiou_50", "aiou_75")}
+        )
+
+
+def log_model_results(project_dir: Path, params: Params, lineage: dict[str, str]) -> dict[str, Any]:
+    """Log what the train and evaluate stages produced to the active MLflow run.
+
+    - per-epoch training metrics from ``data/model/history.json`` as ``train.<key>`` at step = epoch
+      (losses, validation ρ/RL2/AIoU, lr);
+    - the evaluation's plots data (``data/eval/*.csv``) and the training history as artifacts;
+    - the selected checkpoint as an MLflow PyTorch model (``model``) with a signature — a
+      :class:`~hpmcore.models.export.PairScorer`: flat ``[query ; exemplar]`` features → Δ — registered
+      as ``hpmcore`` with the lineage tags (git commit, ``dvc.lock`` hashes) on the model version.
+
+    Returns:
+        ``{"model_uri": ..., "model_version": ...}``.
+    """
+    model_dir, eval_dir = project_dir / MODEL_DIR, project_dir / EVAL_DIR
+    history = json.loads((model_dir / "history.json").read_text())
+    tracking.log_metric_series(history, step_key="epoch", prefix="train.")
+    tracking.log_file(model_dir / "history.json", "train")
+    tracking.log_file(model_dir / "train.json", "train")
+    for name in ("metrics.json", "predictions.csv", "transitions.csv"):
+        tracking.log_file(eval_dir / name, "evaluate")
+    model = build_model(params)
+    load_checkpoint(model_dir / CHECKPOINTS / BEST, model)
+    features = pq.read_table(project_dir / FEATURES_DIR / MANIFEST, columns=["num_clips"])
+    scorer = PairScorer(model, num_clips=int(features.column("num_clips")[0].as_py()))
+    example = np.zeros((2, 2 * scorer.width), dtype=np.float32)
+    info = tracking.log_torch_model(
+        scorer, example, name="model", registered_model_name=REGISTERED_MODEL, tags=lineage
+    )
+    return {"model_uri": info.model_uri, "model_version": info.registered_model_version}
+
+
 def dvc_outputs(lock_text: str) -> dict[str, dict[str, str]]:
     """``{stage: {output path: md5}}`` for every stage output recorded in ``dvc.lock``."""
     lock = yaml.safe_load(lock_text) or {}
@@ -160,9 +234,15 @@ def dvc_outputs(lock_text: str) -> dict[str, dict[str, str]]:
 
 @flow(name="hpmcore-pipeline", log_prints=True)
 def pipeline(
-    project_dir: Path = PROJECT_DIR, experiment: str = "hpmcore-pipeline", force: bool = False
+    project_dir: Path = PROJECT_DIR,
+    experiment: str = "hpmcore-pipeline",
+    force: bool = False,
+    compare: bool = False,
 ) -> dict[str, Any]:
     """Reproduce every DVC stage in order and log the run, with lineage, to MLflow.
+
+    With ``compare`` the comparison stage (HP-MCoRe, ablations, baselines; ``compare/dvc.yaml``) runs
+    too and its table is logged.
 
     Returns:
         ``{"run_id": MLflow run id, "stages": {name: {"ran": bool, "seconds": float}}}``.
@@ -171,7 +251,7 @@ def pipeline(
     project_dir = Path(project_dir).resolve()
     state = state_dir(project_dir)
     params = load_params(project_dir / "params.yaml")  # fail fast on a bad params file
-    stages = stage_order(project_dir)
+    stages = stage_order(project_dir, compare=compare)
     logger.info("stages in order: %s", ", ".join(stages))
     tags = {
         **git_lineage(project_dir),
@@ -184,8 +264,9 @@ def pipeline(
         tracking.log_file(project_dir / "dvc.yaml", "lineage")
         reports = stage_reports(project_dir)
         results: dict[str, dict[str, Any]] = {}
-        for stage in stages:
-            result = reproduce_stage(project_dir, stage, force=force)
+        for address in stages:
+            result = reproduce_stage(project_dir, address, force=force)
+            stage = stage_name(address)
             results[stage] = {"ran": result.ran, "seconds": result.seconds}
             tracking.log_metrics({f"stage.{stage}.seconds": result.seconds, f"stage.{stage}.ran": result.ran})
             tracking.set_tags({f"stage.{stage}": "ran" if result.ran else "up-to-date"})
@@ -199,12 +280,29 @@ def pipeline(
                 **{f"dvc.out.{path}": md5 for outs in outputs.values() for path, md5 in outs.items()},
             }
         )
+        model_info = {}
+        if compare:
+            log_comparison(project_dir)
+        if "train" in stages and "evaluate" in stages:
+            lineage = {
+                "git.commit": tags["git.commit"],
+                "dvc.lock.sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
+                **{f"dvc.out.{p}": md5 for p, md5 in outputs.get("train", {}).items()},
+                "mlflow.run_id": run.info.run_id,
+            }
+            model_info = log_model_results(project_dir, params, lineage)
+            logger.info(
+                "model logged: %s (registered %s v%s)",
+                model_info["model_uri"],
+                REGISTERED_MODEL,
+                model_info["model_version"],
+            )
         prepared = {Path(p).name: project_dir / p for p in outputs["prepare"]}
         tracking.log_file(prepared["summary.json"], "dataset")
         counts = json.loads(prepared["counts.json"].read_text())
         tracking.log_metrics({f"dataset.{k}": v for k, v in counts.items()})
         logger.info("MLflow run %s in %s", run.info.run_id, tracking.tracking_uri(state))
-        return {"run_id": run.info.run_id, "stages": results}
+        return {"run_id": run.info.run_id, "stages": results, **model_info}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,8 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR)
     parser.add_argument("--experiment", default="hpmcore-pipeline", help="MLflow experiment name")
     parser.add_argument("--force", action="store_true", help="rerun every stage even if up to date")
+    parser.add_argument(
+        "--compare", action="store_true", help="also train and evaluate the ablations and baselines"
+    )
     args = parser.parse_args(argv)
-    result = pipeline(project_dir=args.project_dir, experiment=args.experiment, force=args.force)
+    result = pipeline(
+        project_dir=args.project_dir, experiment=args.experiment, force=args.force, compare=args.compare
+    )
     print(json.dumps(result, indent=2))
     return 0
 

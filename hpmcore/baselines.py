@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpmcore.config import ConfigError
+from hpmcore.config import CoReConfig, ModelConfig, TrainConfig
 from hpmcore.evaluate import (
     EvalConfig,
     Evaluation,
@@ -40,8 +40,9 @@ from hpmcore.evaluate import (
     evaluation_from_predictions,
 )
 from hpmcore.losses import LossTerms, score_loss
-from hpmcore.models.hpmcore import ModelConfig, VideoInputs, build_hpmcore
-from hpmcore.train import TrainConfig, train
+from hpmcore.models.hpmcore import VideoInputs, build_hpmcore
+from hpmcore.models.normalize import FeatureStandardizer
+from hpmcore.train import train
 
 __all__ = [
     "CoReBaseline",
@@ -97,25 +98,6 @@ def dive_number_mean(bank: FeatureBank, split: str = "test") -> Evaluation:
 
 
 @dataclass(frozen=True)
-class CoReConfig:
-    """The CoRe-style baseline: an MLP on the concatenated mean-pooled I3D features of a pair."""
-
-    i3d_dim: int = 1024
-    """Width of the cached I3D clip features."""
-    hidden: int = 256
-    """Width of the two hidden layers."""
-    dropout: float = 0.0
-    """Dropout after each hidden layer."""
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
-        if self.i3d_dim < 1 or self.hidden < 1:
-            raise ConfigError(f"core.i3d_dim and hidden must be >= 1, got {self.i3d_dim}, {self.hidden}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"core.dropout must be in [0, 1), got {self.dropout}")
-
-
-@dataclass(frozen=True)
 class PooledEncoding:
     """Per-video encoding of the baseline: mean-pooled I3D features ``(N, C)``."""
 
@@ -158,6 +140,7 @@ class CoReBaseline(nn.Module):
         cfg = config or CoReConfig()
         cfg.validate()
         self.config = cfg
+        self.input_norm = FeatureStandardizer(cfg.i3d_dim) if cfg.input_norm else None
         self.regressor = nn.Sequential(
             nn.Linear(2 * cfg.i3d_dim, cfg.hidden),
             nn.ReLU(),
@@ -173,6 +156,8 @@ class CoReBaseline(nn.Module):
         i3d = videos.i3d
         if i3d.dim() != 3 or i3d.shape[2] != self.config.i3d_dim:
             raise ValueError(f"i3d features: expected (N, J, {self.config.i3d_dim}), got {tuple(i3d.shape)}")
+        if self.input_norm is not None:
+            i3d = self.input_norm(i3d)
         return PooledEncoding(i3d.mean(dim=1))  # (N, C)
 
     def forward_pair(self, query: PooledEncoding, exemplar: PooledEncoding) -> CoReOutput:
@@ -188,6 +173,11 @@ class CoReBaseline(nn.Module):
     def forward(self, query: VideoInputs, exemplar: VideoInputs) -> CoReOutput:
         """B (query, exemplar) pairs of cached features → :class:`CoReOutput`."""
         return self.forward_pair(self.encode(query), self.encode(exemplar))
+
+    def fit_input_norm(self, videos: VideoInputs) -> None:
+        """Set the I3D standardisation from the training videos' ``i3d (N, J, C)`` (no-op when off)."""
+        if self.input_norm is not None:
+            self.input_norm.fit(videos.i3d)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """One named group."""
@@ -267,6 +257,7 @@ def run_comparison(
     *,
     split: str = "test",
     work_dir: Path | None = None,
+    restart_on_mismatch: bool = False,
     progress: bool = False,
     on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
@@ -274,7 +265,8 @@ def run_comparison(
 
     Every variant sees the same seed: the same initial seeding, training pairs, validation voters and
     evaluation voters. Checkpoints go to ``work_dir/<variant slug>/`` (a temporary folder when ``None``),
-    so a rerun with a ``work_dir`` resumes or reuses finished variants.
+    so a rerun with a ``work_dir`` resumes or reuses finished variants (checkpoints of another
+    configuration there are an error, or replaced with ``restart_on_mismatch``).
 
     Returns:
         ``(rows, markdown)``: one JSON-safe row per variant (``name``, ``kind``, ``rho``, ``rho_std``,
@@ -308,6 +300,7 @@ def run_comparison(
                     seed=seed,
                     checkpoint_dir=root / _slug(name),
                     on_epoch=callback,
+                    restart_on_mismatch=restart_on_mismatch,
                     progress=progress,
                 )
                 best_epoch, seconds = result.best_epoch, result.train_seconds

@@ -10,17 +10,24 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from hpmcore.losses import LossWeights
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """``params.yaml`` (or a section of it) is malformed; the message names the file and key."""
+
+
+ExemplarMode = Literal["dive_number", "difficulty", "any"]
+"""How exemplars are chosen: same dive number (w/ DN), same DD, or any train video (w/o DN)."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,273 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Architecture, ablation switches and loss weights of :class:`~hpmcore.models.hpmcore.HPMCoRe` (§4–§8).
+
+    The class defaults are the reference's sizes (D = 256, 4 decoder blocks, HD-GCN width 64, …) and no
+    input normalisation; the pipeline's default (``params.yaml``, :meth:`cpu_default`) is smaller so it
+    trains in about a minute on 2 CPU cores.
+    """
+
+    i3d_dim: int = 1024
+    """Width of the cached I3D clip features."""
+    static_dim: int = 368
+    """Width of the cached static (RegNetY-002) per-frame features."""
+    num_frames: int = 96
+    """T, sampled frames per video (static features and poses must have it)."""
+    clip_stride: int = 10
+    """Frames between I3D clip starts: frame transition ``t`` → clip ``t // clip_stride`` (§5.6)."""
+    dim: int = 256
+    """D, the common token width."""
+    heads: int = 2
+    """Attention heads in PoseAttn and the decoders."""
+    decoder_depth: int = 4
+    """Blocks per cross-attention decoder."""
+    mlp_ratio: int = 4
+    """MLP expansion in PoseAttn and the decoders."""
+    reducer_extra: int = 128
+    """Reducer hidden width is ``C + reducer_extra``."""
+    fix_size: int = 10
+    """F, tokens per stage."""
+    gru_hidden: int | None = None
+    """Segmenter GRU hidden size per direction (``None``: ``static_dim``)."""
+    gru_dropout: float = 0.5
+    """Dropout on the GRU output."""
+    dn_classes: int = 60
+    """Classes of the HD-GCN dive-number head (60 in the reference; 52 is the clean choice)."""
+    skeleton_channels: int = 64
+    """HD-GCN base width c (units l1–l4 have c channels, l5 and ``F_sk`` 2c); 64 = reference."""
+    reference_groups: bool = False
+    """HD-GCN: reproduce the reference's shifted AHA joint groups (§13 item 10)."""
+    input_norm: bool = False
+    """Standardise each I3D and static feature channel with the train split's mean and std (stored in
+    the model's state; a deviation from the reference, needed with randomly initialised encoders,
+    whose features are ~1e-6)."""
+    use_skeleton: bool = True
+    """False: no HD-GCN and no pose term in the fusion (ablation)."""
+    use_static: bool = True
+    """False: no static branch, Δ = Δ_fu (ablation)."""
+    use_segmentation: bool = True
+    """False: fixed-thirds transitions, no segmenter and no ``L_tas`` (ablation)."""
+    decode: Literal["halves", "joint"] = "halves"
+    """Transition decoding at eval: the reference's halves or joint ``s < e`` (§13 item 4)."""
+    exemplar_gt_at_test: bool = False
+    """Eval: pool exemplars with their ground-truth transitions instead of decoded ones (§13 item 5)."""
+    lam: float = 1.0
+    """λ in Δ = (Δ_fu + λΔ_st)/(1+λ) (§7.6)."""
+    splash_head: bool = False
+    """Add a ``Linear(D → 1)`` splash-size head on the mean entry-stage fused token."""
+    contrastive_weight: float = 10.0
+    """Weight of each stage-wise contrastive term; 0 turns the loss off (ablation)."""
+    tau: float = 0.1
+    """Contrastive temperature."""
+    tas_entry_weight: float = 2.0
+    """Channel-1 target weight of ``L_tas`` (2 = reference, 1 = clean; §13 item 3)."""
+    dive_number_weight: float = 0.0
+    """β, weight of the dive-number CE (0 = reference)."""
+    splash_weight: float = 0.0
+    """Weight of the splash auxiliary loss (0 = off; > 0 needs ``splash_head``)."""
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for values no model can be built from."""
+        for name in (
+            "i3d_dim",
+            "static_dim",
+            "dim",
+            "heads",
+            "decoder_depth",
+            "mlp_ratio",
+            "fix_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.skeleton_channels < 8 or self.skeleton_channels % 8:
+            raise ConfigError(f"model.skeleton_channels must be a multiple of 8: {self.skeleton_channels}")
+        if self.dim % self.heads:
+            raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
+        if self.num_frames < 3 or self.clip_stride < 1:
+            raise ConfigError(
+                f"model needs num_frames >= 3 and clip_stride >= 1, got {self.num_frames}, {self.clip_stride}"
+            )
+        if self.decode not in ("halves", "joint"):
+            raise ConfigError(f"model.decode must be 'halves' or 'joint', got {self.decode!r}")
+        if self.lam < 0:
+            raise ConfigError(f"model.lam must be >= 0, got {self.lam}")
+        if self.splash_weight > 0 and not self.splash_head:
+            raise ConfigError("model.splash_weight > 0 needs model.splash_head = true")
+        if self.contrastive_weight < 0 or self.tau <= 0 or self.dive_number_weight < 0:
+            raise ConfigError("model loss weights must be >= 0 and tau > 0")
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        """The :class:`~hpmcore.losses.LossWeights` this config implies (no ``L_tas`` without a segmenter)."""
+        from hpmcore.losses import LossWeights  # torch-free config module: import on use
+
+        return LossWeights(
+            tas=1.0 if self.use_segmentation else 0.0,
+            entry_weight=self.tas_entry_weight,
+            contrastive=self.contrastive_weight,
+            tau=self.tau,
+            dive_number=self.dive_number_weight,
+            splash=self.splash_weight,
+        )
+
+    @classmethod
+    def cpu_default(cls) -> ModelConfig:
+        """The pipeline's default (``params.yaml``): D = 64, 1 decoder block, HD-GCN width 16, F = 4, a
+        32-unit GRU, input normalisation on. About 1 M parameters; the reference sizes stay the class
+        defaults."""
+        return cls(
+            dim=64,
+            heads=2,
+            decoder_depth=1,
+            mlp_ratio=2,
+            reducer_extra=32,
+            fix_size=4,
+            gru_hidden=32,
+            dn_classes=52,
+            skeleton_channels=16,
+            input_norm=True,
+        )
+
+    @classmethod
+    def tiny(cls, **overrides: object) -> ModelConfig:
+        """A small config for tests (D = 32, 2 heads, 1 decoder block, F = 4, T = 12, 4-frame clip stride)."""
+        base = cls(
+            i3d_dim=16,
+            static_dim=12,
+            num_frames=12,
+            clip_stride=4,
+            dim=32,
+            heads=2,
+            decoder_depth=1,
+            mlp_ratio=2,
+            reducer_extra=8,
+            fix_size=4,
+            gru_hidden=8,
+            dn_classes=5,
+            skeleton_channels=8,
+        )
+        return replace(base, **overrides)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters (spec §9); the class defaults are the reference's where it has one."""
+
+    epochs: int = 201
+    """Number of epochs (the reference runs epochs 0–200)."""
+    batch_size: int = 8
+    """Pairs per step (2·batch_size videos)."""
+    lr: float = 1e-3
+    """Base learning rate of Adam (β = (0.9, 0.999), ε = 1e-8)."""
+    weight_decay: float = 0.0
+    """Adam weight decay (0 in the reference)."""
+    schedule: Literal["cyclic", "monotone", "constant"] = "cyclic"
+    """``cyclic``: reference cosine with period 2·t_max; ``monotone``: one cosine over the run (a
+    deviation, flagged); ``constant``."""
+    t_max: int = 20
+    """T_max of the cyclic cosine."""
+    static_trunk_lr_factor: float = 0.1
+    """LR factor of the ``static_trunk`` parameter group (end-to-end mode only)."""
+    pairing: ExemplarMode = "dive_number"
+    """Training exemplars (and validation voters): ``dive_number`` (w/ DN), ``difficulty`` or ``any``."""
+    dd_mode: bool = False
+    """Regress completeness ``score / DD`` instead of the score (spec §10.3)."""
+    val_exemplars: int = 10
+    """Voters per validation query (one seeded draw, the same every epoch)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` = CUDA when available (not part of the checkpoint fingerprint)."""
+    amp: bool = False
+    """Mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); ignored on the CPU."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
+        for name in ("epochs", "batch_size", "t_max", "val_exemplars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or not self.static_trunk_lr_factor >= 0:
+            raise ConfigError("train.lr must be > 0, weight_decay and static_trunk_lr_factor >= 0")
+        if self.schedule not in ("cyclic", "monotone", "constant"):
+            raise ConfigError(f"train.schedule must be cyclic, monotone or constant, got {self.schedule!r}")
+        if self.pairing not in ("dive_number", "difficulty", "any"):
+            raise ConfigError(f"train.pairing must be dive_number, difficulty or any, got {self.pairing!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
+    @classmethod
+    def cpu_default(cls) -> TrainConfig:
+        """The pipeline's default (``params.yaml``): a short run with one cosine (see ``params.yaml``)."""
+        return cls(epochs=12, schedule="monotone", val_exemplars=5)
+
+    def val_eval_config(self) -> EvalConfig:
+        """The evaluation config of the per-epoch validation."""
+        return EvalConfig(
+            exemplars=self.val_exemplars,
+            exemplar_mode=self.pairing,
+            num_voter_draws=1,
+            dd_mode=self.dd_mode,
+            device=self.device,
+        )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a split is evaluated (spec §10, §11); the defaults are the paper's protocol, seeded."""
+
+    exemplars: int = 10
+    """k, distinct exemplars (voters) per query (fewer when the pool has fewer candidates)."""
+    exemplar_mode: ExemplarMode = "dive_number"
+    """``dive_number`` (w/ DN), ``difficulty`` (same DD) or ``any`` (w/o DN)."""
+    num_voter_draws: int = 5
+    """Independent voter draws (seeds ``voter_seed(seed, d)``); metrics are mean ± std over them."""
+    dd_mode: bool = False
+    """DD mode (§10.3): the model regresses completeness ``score / DD``; ``ŝ_q = DD_q·(Δ + c_e)``."""
+    pair_batch_size: int = 256
+    """(query, exemplar) pairs per pair-head batch (speed only)."""
+    encode_batch_size: int = 32
+    """Videos per encoder batch (speed only)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """``auto`` = CUDA when available, else CPU."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
+        if self.exemplars < 1:
+            raise ConfigError(f"eval.exemplars must be >= 1, got {self.exemplars}")
+        if self.exemplar_mode not in ("dive_number", "difficulty", "any"):
+            raise ConfigError(
+                f"eval.exemplar_mode must be dive_number, difficulty or any, got {self.exemplar_mode!r}"
+            )
+        if self.num_voter_draws < 1:
+            raise ConfigError(f"eval.num_voter_draws must be >= 1, got {self.num_voter_draws}")
+        if self.pair_batch_size < 1 or self.encode_batch_size < 1:
+            raise ConfigError("eval batch sizes must be >= 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"eval.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass(frozen=True)
+class CoReConfig:
+    """The CoRe-style baseline: an MLP on the concatenated mean-pooled I3D features of a pair."""
+
+    i3d_dim: int = 1024
+    """Width of the cached I3D clip features."""
+    hidden: int = 256
+    """Width of the two hidden layers."""
+    dropout: float = 0.0
+    """Dropout after each hidden layer."""
+    input_norm: bool = True
+    """Standardise the I3D channels with the train split's statistics (as HP-MCoRe's ``input_norm``)."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
+        if self.i3d_dim < 1 or self.hidden < 1:
+            raise ConfigError(f"core.i3d_dim and hidden must be >= 1, got {self.i3d_dim}, {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"core.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -233,6 +507,10 @@ class Params:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig.cpu_default)
+    train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    core: CoReConfig = field(default_factory=CoReConfig)
 
 
 def _check(value: Any, tp: Any, where: str) -> Any:

@@ -43,9 +43,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hpmcore.config import ConfigError
+from hpmcore.config import EvalConfig
 from hpmcore.data.canonical import DatasetError
-from hpmcore.data.splits import ExemplarMode, ExemplarPool, select_exemplars
+from hpmcore.data.splits import ExemplarPool, select_exemplars
 from hpmcore.metrics import score_metrics, segmentation_metrics, tiou
 from hpmcore.models.hdgcn import NUM_JOINTS
 from hpmcore.models.hpmcore import POSE_CHANNELS, HPMCoRe, VideoInputs
@@ -84,41 +84,6 @@ class FeatureBankError(DatasetError):
 
 # ---------------------------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How a split is evaluated (spec §10, §11); the defaults are the paper's protocol, seeded."""
-
-    exemplars: int = 10
-    """k, distinct exemplars (voters) per query (fewer when the pool has fewer candidates)."""
-    exemplar_mode: ExemplarMode = "dive_number"
-    """``dive_number`` (w/ DN), ``difficulty`` (same DD) or ``any`` (w/o DN)."""
-    num_voter_draws: int = 5
-    """Independent voter draws (seeds ``voter_seed(seed, d)``); metrics are mean ± std over them."""
-    dd_mode: bool = False
-    """DD mode (§10.3): the model regresses completeness ``score / DD``; ``ŝ_q = DD_q·(Δ + c_e)``."""
-    pair_batch_size: int = 256
-    """(query, exemplar) pairs per pair-head batch (speed only)."""
-    encode_batch_size: int = 32
-    """Videos per encoder batch (speed only)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """``auto`` = CUDA when available, else CPU."""
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
-        if self.exemplars < 1:
-            raise ConfigError(f"eval.exemplars must be >= 1, got {self.exemplars}")
-        if self.exemplar_mode not in ("dive_number", "difficulty", "any"):
-            raise ConfigError(
-                f"eval.exemplar_mode must be dive_number, difficulty or any, got {self.exemplar_mode!r}"
-            )
-        if self.num_voter_draws < 1:
-            raise ConfigError(f"eval.num_voter_draws must be >= 1, got {self.num_voter_draws}")
-        if self.pair_batch_size < 1 or self.encode_batch_size < 1:
-            raise ConfigError("eval batch sizes must be >= 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"eval.device must be auto, cpu or cuda, got {self.device!r}")
 
 
 def resolve_device(choice: str) -> torch.device:

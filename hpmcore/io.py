@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 
@@ -66,6 +67,12 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` atomically (zstd-compressed Parquet)."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+
+
+def write_csv(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` atomically as CSV with a header (e.g. for DVC plots)."""
+    with atomic_path(path) as tmp:
+        pacsv.write_csv(table, tmp)
 
 
 def write_json(obj: Any, path: Path) -> None:

@@ -84,6 +84,53 @@ def log_file(path: Path, artifact_path: str | None = None) -> None:
     mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def log_metric_series(series: list[Mapping[str, Any]], *, step_key: str, prefix: str) -> None:
+    """Log one metrics row per step (e.g. per epoch): ``<prefix><key>`` at ``step = row[step_key]``."""
+    for row in series:
+        step = int(row[step_key])
+        log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != step_key and v is not None}, step=step)
+
+
+def log_torch_model(
+    model: Any,
+    input_example: Any,
+    *,
+    name: str,
+    registered_model_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Any:
+    """Log a ``torch.nn.Module`` as an MLflow PyTorch model with a signature inferred from
+    ``input_example`` (a float32 numpy array) and the model's output on it; optionally register it
+    (the model registry lives in the same SQLite store) and tag the new version.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
+    """
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.from_numpy(input_example)).cpu().numpy()
+    info = mlflow.pytorch.log_model(
+        model,
+        name=name,
+        signature=infer_signature(input_example, output),
+        registered_model_name=registered_model_name,
+        # eager pickle (the pair model has data-dependent control flow: no torch.export graph) with the
+        # package's code beside it, and the requirements named, not inferred (no import-capture process)
+        serialization_format="pickle",
+        code_paths=[str(Path(__file__).resolve().parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
+    )
+    if registered_model_name and tags and info.registered_model_version is not None:
+        c = MlflowClient()
+        for key, value in tags.items():
+            c.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
+    return info
+
+
 def set_tags(tags: Mapping[str, str]) -> None:
     """Set string tags on the active run."""
     mlflow.set_tags(dict(tags))

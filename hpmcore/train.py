@@ -49,7 +49,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -57,11 +57,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from hpmcore.config import ConfigError, flatten
+from hpmcore.config import TrainConfig, flatten
 from hpmcore.data.canonical import DatasetError
 from hpmcore.data.splits import ExemplarMode, ExemplarPool, select_exemplars
 from hpmcore.evaluate import (
-    EvalConfig,
     FeatureBank,
     FeatureBankError,
     VideoFeatures,
@@ -116,61 +115,6 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 # ---------------------------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyper-parameters (spec §9); the defaults are the reference's where it has one."""
-
-    epochs: int = 201
-    """Number of epochs (the reference runs epochs 0–200)."""
-    batch_size: int = 8
-    """Pairs per step (2·batch_size videos)."""
-    lr: float = 1e-3
-    """Base learning rate of Adam (β = (0.9, 0.999), ε = 1e-8)."""
-    weight_decay: float = 0.0
-    """Adam weight decay (0 in the reference)."""
-    schedule: Literal["cyclic", "monotone", "constant"] = "cyclic"
-    """``cyclic``: reference cosine with period 2·t_max; ``monotone``: one cosine over the run (a
-    deviation, flagged); ``constant``."""
-    t_max: int = 20
-    """T_max of the cyclic cosine."""
-    static_trunk_lr_factor: float = 0.1
-    """LR factor of the ``static_trunk`` parameter group (end-to-end mode only)."""
-    pairing: ExemplarMode = "dive_number"
-    """Training exemplars (and validation voters): ``dive_number`` (w/ DN), ``difficulty`` or ``any``."""
-    dd_mode: bool = False
-    """Regress completeness ``score / DD`` instead of the score (spec §10.3)."""
-    val_exemplars: int = 10
-    """Voters per validation query (one seeded draw, the same every epoch)."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """``auto`` = CUDA when available (not part of the checkpoint fingerprint)."""
-    amp: bool = False
-    """Mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); ignored on the CPU."""
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
-        for name in ("epochs", "batch_size", "t_max", "val_exemplars"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0 or not self.static_trunk_lr_factor >= 0:
-            raise ConfigError("train.lr must be > 0, weight_decay and static_trunk_lr_factor >= 0")
-        if self.schedule not in ("cyclic", "monotone", "constant"):
-            raise ConfigError(f"train.schedule must be cyclic, monotone or constant, got {self.schedule!r}")
-        if self.pairing not in ("dive_number", "difficulty", "any"):
-            raise ConfigError(f"train.pairing must be dive_number, difficulty or any, got {self.pairing!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
-
-    def val_eval_config(self) -> EvalConfig:
-        """The evaluation config of the per-epoch validation."""
-        return EvalConfig(
-            exemplars=self.val_exemplars,
-            exemplar_mode=self.pairing,
-            num_voter_draws=1,
-            dd_mode=self.dd_mode,
-            device=self.device,
-        )
 
 
 _NOT_FINGERPRINTED = ("device",)
@@ -505,6 +449,7 @@ def train(
     checkpoint_dir: Path,
     on_epoch: EpochCallback | None = None,
     resume: bool = True,
+    restart_on_mismatch: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` in place on the bank's train split, selecting the epoch on its val split.
@@ -519,6 +464,9 @@ def train(
             ``loss_<term>``, ``val_rho``, ``val_l2``, ``val_rl2``, ``val_rl2_x100``, ``val_tiou``,
             ``val_aiou_50``, ``val_aiou_75``, ``best_epoch``, ``best_val_rho``, ``epoch_seconds``.
         resume: continue from ``last.pt`` when present (False: start over, overwriting it).
+        restart_on_mismatch: checkpoints in ``checkpoint_dir`` written for another configuration are
+            deleted (with a warning naming them) and training starts over, instead of an error — for a
+            pipeline stage whose checkpoint folder persists across parameter changes.
         progress: show a progress bar.
 
     Returns:
@@ -551,7 +499,16 @@ def train(
     for path in (last_path, best_path):
         if path.exists():
             stored = _read(path)
-            _compare(path, stored["config"], fingerprint, "configuration")
+            try:
+                _compare(path, stored["config"], fingerprint, "configuration")
+            except CheckpointError as exc:
+                if not restart_on_mismatch:
+                    raise
+                log.warning("%s; deleting it and starting over", exc)
+                last_path.unlink(missing_ok=True)
+                best_path.unlink(missing_ok=True)
+                state = None
+                break
             if path == last_path and resume:
                 state = stored
 
@@ -579,6 +536,9 @@ def train(
     else:
         seed_everything(seed)
     data = _train_data(model, videos, cfg, device)
+    fit_input_norm = getattr(model, "fit_input_norm", None)
+    if state is None and fit_input_norm is not None:
+        fit_input_norm(data.inputs)  # train-split statistics; restored from last.pt on resume
     n = len(train_ids)
     partner_rows = torch.empty(n, dtype=torch.long)
 

@@ -61,7 +61,15 @@ def copy_pipeline(dest: Path, **sections: Any) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in ("hpmcore", "stages", "flows"):
         shutil.copytree(PROJECT / name, dest / name, ignore=ignore)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvc/config", ".dvc/.gitignore"):
+    for name in (
+        "dvc.yaml",
+        "compare/dvc.yaml",
+        "params.yaml",
+        ".gitignore",
+        ".dvcignore",
+        ".dvc/config",
+        ".dvc/.gitignore",
+    ):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT / name, dest / name)
     set_params(dest, **sections)

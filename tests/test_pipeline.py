@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
+import mlflow.pytorch
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from pipeline_project import PROJECT, copy_pipeline, project_env, repro, run_ok, set_params
 
@@ -24,6 +32,11 @@ TINY_SYNTH = {
     "test_fraction": 0.25,
 }
 
+# A tiny model run: 2 epochs, exemplars of any dive number (8 dives hardly share dive numbers).
+TINY_TRAIN = {"epochs": 2, "pairing": "any", "val_exemplars": 2}
+TINY_EVAL = {"exemplar_mode": "any", "exemplars": 3, "num_voter_draws": 2}
+ALL_STAGES = {"synth", "prepare", "decode", "pose", "features", "train", "evaluate"}
+
 pytestmark = pytest.mark.slow
 
 
@@ -39,12 +52,12 @@ def prefect_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A copy of the pipeline (code, dvc.yaml, params.yaml, DVC config) in a fresh git repo."""
-    return copy_pipeline(tmp_path / "project", synth=TINY_SYNTH)
+    return copy_pipeline(tmp_path / "project", synth=TINY_SYNTH, train=TINY_TRAIN, eval=TINY_EVAL)
 
 
 def test_dvc_repro_is_reproducible_and_incremental(project: Path) -> None:
     ran, _ = repro(project)
-    assert ran == {"synth", "prepare", "decode", "pose", "features"}
+    assert ran == ALL_STAGES
     synth = read_annotations(project / "data/synth/annotations.parquet")
     dives = read_annotations(project / "data/prepared/dives.parquet")
     assert synth.num_rows == dives.num_rows == TINY_SYNTH["num_dives"]
@@ -55,11 +68,12 @@ def test_dvc_repro_is_reproducible_and_incremental(project: Path) -> None:
     assert ran == set(), out
     assert "Data and pipelines are up to date" in out
 
-    # the training seed feeds only `prepare` (validation split), not the dataset generator; `decode`
-    # and `pose` read the re-split dive table but reuse every cached video, so `features` has nothing to do
+    # the training seed feeds `prepare` (validation split) and the model stages, not the dataset
+    # generator; `decode` and `pose` read the re-split dive table but reuse every cached video, so
+    # `features` has nothing to do
     set_params(project, seed=11)
     ran, _ = repro(project)
-    assert ran == {"prepare", "decode", "pose"}
+    assert ran == {"prepare", "decode", "pose", "train", "evaluate"}
 
     # the synth seed changes the dataset and hence everything downstream
     set_params(project, synth={"seed": 6})
@@ -67,7 +81,7 @@ def test_dvc_repro_is_reproducible_and_incremental(project: Path) -> None:
     assert re.search(r"synth\.seed\s+5\s+6", diff), diff
     assert re.search(r"seed\s+0\s+11", diff), diff
     ran, _ = repro(project)
-    assert ran == {"synth", "prepare", "decode", "pose", "features"}
+    assert ran == ALL_STAGES
     regenerated = pq.read_table(project / "data/synth/annotations.parquet")
     assert not regenerated.column("final_score").equals(synth.column("final_score"))
 
@@ -104,6 +118,31 @@ def test_prefect_flow_runs_stages_and_logs_lineage_to_mlflow(project: Path, pref
     total = sum(run.data.metrics[f"dataset.{s}"] for s in ("train", "val", "test"))
     assert total == TINY_SYNTH["num_dives"] == summary["num_dives"] == run.data.metrics["dataset.dives"]
 
+    # training: per-epoch metrics at step = epoch; evaluation metrics and plot data
+    assert run.data.tags["stage.train"] == "ran" and run.data.tags["stage.evaluate"] == "ran"
+    losses = client.get_metric_history(run.info.run_id, "train.loss")
+    assert sorted(m.step for m in losses) == list(range(TINY_TRAIN["epochs"]))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train.lr")] == [0, 1]
+    assert run.data.metrics["evaluate.num_queries"] >= 1
+    eval_metrics = json.loads(tracking.read_artifact_text(state, run.info.run_id, "evaluate/metrics.json"))
+    assert eval_metrics == json.loads((project / "data/eval/metrics.json").read_text())
+    # the selected checkpoint in the model registry, with a signature and lineage on the version
+    version = client.get_model_version("hpmcore", "1")
+    assert version.run_id == run.info.run_id
+    assert version.tags["git.commit"] == head
+    assert version.tags["dvc.out.data/model/checkpoints"] == next(
+        o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "data/model/checkpoints"
+    )
+    mlflow.set_tracking_uri(tracking.tracking_uri(state))
+    info = mlflow.models.get_model_info("models:/hpmcore/1")
+    (spec,) = info.signature.inputs.inputs
+    width = spec.shape[1]
+    assert spec.shape[0] == -1 and width > 0
+    scorer = mlflow.pytorch.load_model("models:/hpmcore/1")
+    with torch.no_grad():
+        delta = scorer(torch.zeros(3, width))
+    assert delta.shape == (3,) and bool(torch.isfinite(delta).all())
+
     # a second flow run reuses everything: DVC says up to date, MLflow records it as such
     run_ok(
         [sys.executable, "-m", "flows.pipeline", "--project-dir", str(project), "--experiment", "t"],
@@ -114,3 +153,92 @@ def test_prefect_flow_runs_stages_and_logs_lineage_to_mlflow(project: Path, pref
     assert len(runs) == 2
     assert runs[0].data.tags["stage.synth"] == "up-to-date"
     assert runs[0].data.tags["dvc.lock.sha256"] == run.data.tags["dvc.lock.sha256"]
+
+
+def _stage(project: Path, script: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run a model stage script directly (as dvc.yaml does) and return the finished process."""
+    cmd = [
+        sys.executable,
+        f"stages/{script}.py",
+        "--params",
+        "params.yaml",
+        "--dives",
+        "data/prepared/dives.parquet",
+        "--decoded",
+        "data/decoded",
+        "--pose",
+        "data/pose",
+        "--features",
+        "data/features",
+        *extra,
+    ]
+    env = project_env(project.parent)
+    return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, check=False)
+
+
+def test_model_stages_train_evaluate_reproducibly_and_fail_cleanly(project: Path) -> None:
+    ran, _ = repro(project)
+    assert ran == ALL_STAGES
+    dives = read_annotations(project / "data/prepared/dives.parquet").to_pylist()
+    test_ids = sorted(d["id"] for d in dives if d["split"] == "test")
+    metrics_path = project / "data/eval/metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["split"] == "test" and metrics["num_queries"] == len(test_ids) > 0
+    assert metrics["voters"]["num_voter_draws"] == TINY_EVAL["num_voter_draws"]
+    assert {"rho", "rho_std", "l2", "rl2_x100", "tiou", "aiou_50", "aiou_75"} <= metrics.keys()
+    assert metrics["checkpoint_epoch"] in (0, 1)
+    predictions = pacsv.read_csv(project / "data/eval/predictions.csv").to_pylist()
+    assert sorted(r["id"] for r in predictions) == test_ids
+    assert all(math.isfinite(r["predicted_score"]) for r in predictions)
+    history = json.loads((project / "data/model/history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1] and all("loss" in h and "lr" in h for h in history)
+    assert (project / "data/model/checkpoints/best.pt").is_file()
+
+    # same checkpoint + seed -> byte-identical metrics file
+    before = metrics_path.read_bytes()
+    run_ok([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "evaluate"], project)
+    assert metrics_path.read_bytes() == before
+
+    # a features manifest without a test video: exit 2 naming the video, nothing written
+    manifest_path = project / "data/features/manifest.parquet"
+    manifest = pq.read_table(manifest_path)
+    missing = test_ids[0]
+    pq.write_table(manifest.filter(pc.not_equal(manifest.column("id"), missing)), manifest_path)
+    proc = _stage(project, "evaluate", "--model", "data/model", "--out", "data/eval")
+    assert proc.returncode == 2 and missing in proc.stderr and "manifest.parquet" in proc.stderr, proc.stderr
+    assert metrics_path.read_bytes() == before
+    pq.write_table(manifest, manifest_path)
+
+    # a checkpoint written for another model configuration: exit 2 naming the file and the key
+    set_params(project, model={"dim": 32})
+    proc = _stage(project, "evaluate", "--model", "data/model", "--out", "data/eval")
+    assert proc.returncode == 2 and "best.pt" in proc.stderr and "dim" in proc.stderr, proc.stderr
+    assert metrics_path.read_bytes() == before
+
+
+def test_comparison_table_from_one_command(project: Path) -> None:
+    out = run_ok([sys.executable, "-m", "dvc", "repro", "compare/dvc.yaml"], project)
+    # compare needs the extraction stages, not the train/evaluate stages of the main pipeline
+    assert re.search(r"Running stage '[\w/.:]*compare'", out) and "Running stage 'train'" not in out, out
+    table = json.loads((project / "data/compare/comparison.json").read_text())
+    names = [r["name"] for r in table["rows"]]
+    assert names == [
+        "HP-MCoRe",
+        "w/o skeleton",
+        "w/o static branch",
+        "w/o segmentation (thirds)",
+        "w/o contrastive loss",
+        "CoRe-style (I3D only)",
+        "dive-number mean",
+    ]
+    test_count = sum(
+        1
+        for d in read_annotations(project / "data/prepared/dives.parquet").to_pylist()
+        if d["split"] == "test"
+    )
+    assert all(r["metrics"]["num_queries"] == test_count for r in table["rows"])
+    markdown = (project / "data/compare/comparison.md").read_text()
+    assert all(f"| {name} |" in markdown for name in names)
+    # the main pipeline's `dvc repro` does not run the comparison
+    ran, out = repro(project)
+    assert ran == {"train", "evaluate"} and "compare" not in out

@@ -15,9 +15,8 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
+from hpmcore.config import ExemplarMode
 from hpmcore.data.canonical import DatasetError
-
-ExemplarMode = Literal["dive_number", "difficulty", "any"]
 
 
 def carve_validation(table: pa.Table, fraction: float, seed: int) -> pa.Table:

@@ -39,8 +39,9 @@ NUM_JOINTS = 16
 NUM_SUBSETS = 3
 """Subsets per level: identity, outward, inward (spec §4.1)."""
 BASE_CHANNELS = 64
+"""The reference's width c of units l1–l4 (l5 has 2c)."""
 FEATURE_DIM = 2 * BASE_CHANNELS
-"""Channels of ``F_sk`` (the output of l5)."""
+"""Channels of ``F_sk`` (the output of l5) at the reference width."""
 GCN_EDGE_K = 5
 """Neighbours of the EdgeConv inside each graph conv."""
 AHA_EDGE_K = 1
@@ -461,10 +462,13 @@ class HDGCN(nn.Module):
         num_person: int = 1,
         reference_groups: bool = False,
         com: int = 7,
+        base_channels: int = BASE_CHANNELS,
     ) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
+        if base_channels < 8 or base_channels % 8:
+            raise ValueError(f"HD-GCN base_channels must be a positive multiple of 8, got {base_channels}")
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.num_person = num_person
@@ -473,13 +477,14 @@ class HDGCN(nn.Module):
         graph = build_graph(groups)  # (4, 3, 16, 16)
         joints = aha_level_joints(groups, reference=reference_groups)
         self.data_bn = nn.BatchNorm1d(num_person * in_channels * NUM_JOINTS)
-        c = BASE_CHANNELS
+        c = base_channels
+        self.feature_dim = 2 * c
         self.l1 = TCNGCNUnit(in_channels, c, graph, attention=False, residual=False)
         self.l2 = TCNGCNUnit(c, c, graph, attention=True, level_joints=joints)
         self.l3 = TCNGCNUnit(c, c, graph, attention=True, level_joints=joints)
         self.l4 = TCNGCNUnit(c, c, graph, attention=True, level_joints=joints)
         self.l5 = TCNGCNUnit(c, 2 * c, graph, attention=True, level_joints=joints)
-        self.fc = nn.Linear(FEATURE_DIM, num_classes)
+        self.fc = nn.Linear(self.feature_dim, num_classes)
         nn.init.normal_(self.fc.weight, 0.0, math.sqrt(2.0 / num_classes))  # bias: PyTorch default
         _bn_const_(self.data_bn, 1.0)
 
@@ -489,7 +494,7 @@ class HDGCN(nn.Module):
         return (self.l1, self.l2, self.l3, self.l4, self.l5)
 
     def forward(self, x: torch.Tensor) -> SkeletonOutput:
-        """``(N, C, T, V, M)`` poses → ``features (N, 128, T)``, ``dn_logits (N, num_classes)``.
+        """``(N, C, T, V, M)`` poses → ``features (N, 2c, T)`` (2c = 128 by default), ``dn_logits``.
 
         Raises:
             ValueError: ``x`` is not 5-D with ``C = in_channels``, ``V = 16`` and ``M = num_person``.
@@ -511,18 +516,30 @@ class HDGCN(nn.Module):
         x = x.view(n, m, v, c, t).permute(0, 1, 3, 4, 2).reshape(n * m, c, t, v)  # (N·M, C, T, V)
         for unit in self.units:
             x = unit(x)
-        x = x.view(n, m, FEATURE_DIM, t, v)  # (N, M, 128, T, V)
-        features = x.mean(dim=4).mean(dim=1)  # (N, 128, T)
-        pooled = x.mean(dim=(3, 4)).mean(dim=1)  # (N, 128)
+        x = x.view(n, m, self.feature_dim, t, v)  # (N, M, 2c, T, V)
+        features = x.mean(dim=4).mean(dim=1)  # (N, 2c, T)
+        pooled = x.mean(dim=(3, 4)).mean(dim=1)  # (N, 2c)
         return SkeletonOutput(features=features, dn_logits=self.fc(pooled))
 
 
-def build_hdgcn(*, in_channels: int = 2, num_classes: int = 60, reference_groups: bool = False) -> HDGCN:
+def build_hdgcn(
+    *,
+    in_channels: int = 2,
+    num_classes: int = 60,
+    reference_groups: bool = False,
+    base_channels: int = BASE_CHANNELS,
+) -> HDGCN:
     """The HD-GCN of spec §4 for one person on the 16-joint skeleton, CoM = 7.
 
     Args:
         in_channels: 2 for (x, y) poses.
         num_classes: dive-number classes; 60 as in the reference, 52 (labels 0..51) is the clean choice.
         reference_groups: reproduce the reference's −1 shift of AHA's joint groups (spec §13 item 10).
+        base_channels: width c of l1–l4 (64 = reference; a multiple of 8); ``F_sk`` has 2c channels.
     """
-    return HDGCN(in_channels=in_channels, num_classes=num_classes, reference_groups=reference_groups)
+    return HDGCN(
+        in_channels=in_channels,
+        num_classes=num_classes,
+        reference_groups=reference_groups,
+        base_channels=base_channels,
+    )

@@ -30,131 +30,22 @@ segmenter, no ``L_tas``), ``contrastive_weight=0``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Literal
 
 import torch
 from torch import nn
 
+from hpmcore.config import ModelConfig
 from hpmcore.losses import LossTerms, LossWeights, total_loss
 from hpmcore.models.decoder import build_decoder, decode_stages
 from hpmcore.models.fusion import build_pose_fusion, build_reducers
-from hpmcore.models.hdgcn import FEATURE_DIM as SKELETON_DIM
 from hpmcore.models.hdgcn import NUM_JOINTS, build_hdgcn
+from hpmcore.models.normalize import FeatureStandardizer
 from hpmcore.models.pooling import seg_pool_1d
 from hpmcore.models.regressor import StageWeights, build_score_mlp, combine_deltas
 from hpmcore.models.segmentation import build_spot_model, decode_transitions, fixed_thirds, to_clip_index
 
 NUM_STAGES = 3
 POSE_CHANNELS = 2
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture, ablation switches and loss weights of :class:`HPMCoRe`; defaults are the reference."""
-
-    i3d_dim: int = 1024
-    """Width of the cached I3D clip features."""
-    static_dim: int = 368
-    """Width of the cached static (RegNetY-002) per-frame features."""
-    num_frames: int = 96
-    """T, sampled frames per video (static features and poses must have it)."""
-    clip_stride: int = 10
-    """Frames between I3D clip starts: frame transition ``t`` → clip ``t // clip_stride`` (§5.6)."""
-    dim: int = 256
-    """D, the common token width."""
-    heads: int = 2
-    """Attention heads in PoseAttn and the decoders."""
-    decoder_depth: int = 4
-    """Blocks per cross-attention decoder."""
-    mlp_ratio: int = 4
-    """MLP expansion in PoseAttn and the decoders."""
-    reducer_extra: int = 128
-    """Reducer hidden width is ``C + reducer_extra``."""
-    fix_size: int = 10
-    """F, tokens per stage."""
-    gru_hidden: int | None = None
-    """Segmenter GRU hidden size per direction (``None``: ``static_dim``)."""
-    gru_dropout: float = 0.5
-    """Dropout on the GRU output."""
-    dn_classes: int = 60
-    """Classes of the HD-GCN dive-number head (60 in the reference; 52 is the clean choice)."""
-    reference_groups: bool = False
-    """HD-GCN: reproduce the reference's shifted AHA joint groups (§13 item 10)."""
-    use_skeleton: bool = True
-    """False: no HD-GCN and no pose term in the fusion (ablation)."""
-    use_static: bool = True
-    """False: no static branch, Δ = Δ_fu (ablation)."""
-    use_segmentation: bool = True
-    """False: fixed-thirds transitions, no segmenter and no ``L_tas`` (ablation)."""
-    decode: Literal["halves", "joint"] = "halves"
-    """Transition decoding at eval: the reference's halves or joint ``s < e`` (§13 item 4)."""
-    exemplar_gt_at_test: bool = False
-    """Eval: pool exemplars with their ground-truth transitions instead of decoded ones (§13 item 5)."""
-    lam: float = 1.0
-    """λ in Δ = (Δ_fu + λΔ_st)/(1+λ) (§7.6)."""
-    splash_head: bool = False
-    """Add a ``Linear(D → 1)`` splash-size head on the mean entry-stage fused token."""
-    contrastive_weight: float = 10.0
-    """Weight of each stage-wise contrastive term; 0 turns the loss off (ablation)."""
-    tau: float = 0.1
-    """Contrastive temperature."""
-    tas_entry_weight: float = 2.0
-    """Channel-1 target weight of ``L_tas`` (2 = reference, 1 = clean; §13 item 3)."""
-    dive_number_weight: float = 0.0
-    """β, weight of the dive-number CE (0 = reference)."""
-    splash_weight: float = 0.0
-    """Weight of the splash auxiliary loss (0 = off; > 0 needs ``splash_head``)."""
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` for values no model can be built from."""
-        for name in ("i3d_dim", "static_dim", "dim", "heads", "decoder_depth", "mlp_ratio", "fix_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ValueError(f"model.dim ({self.dim}) must be divisible by model.heads ({self.heads})")
-        if self.num_frames < 3 or self.clip_stride < 1:
-            raise ValueError(
-                f"model needs num_frames >= 3 and clip_stride >= 1, got {self.num_frames}, {self.clip_stride}"
-            )
-        if self.decode not in ("halves", "joint"):
-            raise ValueError(f"model.decode must be 'halves' or 'joint', got {self.decode!r}")
-        if self.lam < 0:
-            raise ValueError(f"model.lam must be >= 0, got {self.lam}")
-        if self.splash_weight > 0 and not self.splash_head:
-            raise ValueError("model.splash_weight > 0 needs model.splash_head = true")
-        if self.contrastive_weight < 0 or self.tau <= 0 or self.dive_number_weight < 0:
-            raise ValueError("model loss weights must be >= 0 and tau > 0")
-
-    @property
-    def loss_weights(self) -> LossWeights:
-        """The :class:`~hpmcore.losses.LossWeights` this config implies (no ``L_tas`` without a segmenter)."""
-        return LossWeights(
-            tas=1.0 if self.use_segmentation else 0.0,
-            entry_weight=self.tas_entry_weight,
-            contrastive=self.contrastive_weight,
-            tau=self.tau,
-            dive_number=self.dive_number_weight,
-            splash=self.splash_weight,
-        )
-
-    @classmethod
-    def tiny(cls, **overrides: object) -> ModelConfig:
-        """A small config for tests (D = 32, 2 heads, 1 decoder block, F = 4, T = 12, 4-frame clip stride)."""
-        base = cls(
-            i3d_dim=16,
-            static_dim=12,
-            num_frames=12,
-            clip_stride=4,
-            dim=32,
-            heads=2,
-            decoder_depth=1,
-            mlp_ratio=2,
-            reducer_extra=8,
-            fix_size=4,
-            gru_hidden=8,
-            dn_classes=5,
-        )
-        return replace(base, **overrides)
 
 
 @dataclass(frozen=True)
@@ -303,6 +194,13 @@ class HPMCoRe(nn.Module):
         cfg.validate()
         self.config = cfg
         d = cfg.dim
+        self.input_norm = (
+            nn.ModuleDict(
+                {"i3d": FeatureStandardizer(cfg.i3d_dim), "static": FeatureStandardizer(cfg.static_dim)}
+            )
+            if cfg.input_norm
+            else None
+        )
         self.segmenter = (
             build_spot_model(in_dim=cfg.static_dim, hidden=cfg.gru_hidden, dropout=cfg.gru_dropout)
             if cfg.use_segmentation
@@ -310,7 +208,10 @@ class HPMCoRe(nn.Module):
         )
         self.skeleton = (
             build_hdgcn(
-                in_channels=POSE_CHANNELS, num_classes=cfg.dn_classes, reference_groups=cfg.reference_groups
+                in_channels=POSE_CHANNELS,
+                num_classes=cfg.dn_classes,
+                reference_groups=cfg.reference_groups,
+                base_channels=cfg.skeleton_channels,
             )
             if cfg.use_skeleton
             else None
@@ -325,7 +226,7 @@ class HPMCoRe(nn.Module):
         self.fusion = build_pose_fusion(
             dim=d,
             heads=cfg.heads,
-            pose_dim=SKELETON_DIM if cfg.use_skeleton else None,
+            pose_dim=2 * cfg.skeleton_channels if cfg.use_skeleton else None,
             mlp_ratio=cfg.mlp_ratio,
         )
         branches = ("fu", "st") if cfg.use_static else ("fu",)
@@ -382,6 +283,12 @@ class HPMCoRe(nn.Module):
             ValueError: a tensor has the wrong shape, or ground truth is needed but absent.
         """
         self._check_inputs(videos)
+        if self.input_norm is not None:
+            videos = replace(
+                videos,
+                i3d=self.input_norm["i3d"](videos.i3d),
+                static=None if videos.static is None else self.input_norm["static"](videos.static),
+            )
         cfg = self.config
         n = len(videos)
         device = videos.i3d.device
@@ -411,7 +318,7 @@ class HPMCoRe(nn.Module):
             dn_logits = sk.dn_logits  # (N, dn_classes)
             pose_tokens = seg_pool_1d(
                 sk.features.transpose(1, 2), transitions, fix_size=cfg.fix_size
-            )  # (N, 3F, 128)
+            )  # (N, 3F, 2c)
 
         clip_transitions = to_clip_index(transitions, cfg.clip_stride)  # (N, 2) in clip units
         i3d_tokens = seg_pool_1d(videos.i3d, clip_transitions, fix_size=cfg.fix_size)  # (N, 3F, C_i3d)
@@ -505,6 +412,18 @@ class HPMCoRe(nn.Module):
         if exemplar.transitions is None:
             enc_e = replace(enc_e, gt=None)
         return self.forward_pair(enc_q, enc_e)
+
+    def fit_input_norm(self, videos: VideoInputs) -> None:
+        """Set the input standardisation from the training videos (no-op without ``input_norm``).
+
+        ``videos.i3d (N, J, C_i3d)`` and ``videos.static (N, T, C_static)``: statistics per channel over
+        all videos and clips/frames.
+        """
+        if self.input_norm is None:
+            return
+        self.input_norm["i3d"].fit(videos.i3d)
+        if videos.static is not None:
+            self.input_norm["static"].fit(videos.static)
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part, for named optimizer groups (every parameter exactly once)."""

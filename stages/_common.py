@@ -1,0 +1,30 @@
+"""Arguments shared by the model stages (train, evaluate, compare): the pipeline folders they read."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hpmcore.config import Params
+from hpmcore.evaluate import FeatureBank
+from hpmcore.runs import pipeline_bank
+
+
+def add_bank_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--params --dives --decoded --pose --features``."""
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--dives", type=Path, required=True, help="dives.parquet of the prepare stage")
+    parser.add_argument("--decoded", type=Path, required=True, help="output folder of the decode stage")
+    parser.add_argument("--pose", type=Path, required=True, help="output folder of the pose stage")
+    parser.add_argument("--features", type=Path, required=True, help="output folder of the features stage")
+
+
+def load_bank(args: argparse.Namespace, params: Params) -> FeatureBank:
+    """The feature bank of the folders named by :func:`add_bank_arguments`."""
+    return pipeline_bank(
+        args.dives,
+        args.decoded,
+        args.features,
+        args.pose,
+        data_root=params.data.root_path(args.params.parent),
+    )

@@ -1,0 +1,63 @@
+"""DVC stage ``evaluate``: the test split scored once by the selected checkpoint (spec 10-11).
+
+Usage: ``python stages/evaluate.py --params params.yaml --dives data/prepared/dives.parquet
+--decoded data/decoded --pose data/pose --features data/features --model data/model --out data/eval``
+
+Writes into ``--out``: ``metrics.json`` (ρ, L2, RL2, RL2×100 as mean ± std over voter draws, tIoU,
+AIoU@0.5/0.75, the checkpoint's epoch: DVC metrics; the same checkpoint and seed give an identical
+file), ``predictions.csv`` (per query: true and predicted score: DVC plot) and ``transitions.csv``
+(per query: predicted − true transition frame of take-off→flight and flight→entry: DVC plot).
+Exit status 2 for bad params, a missing/mismatched checkpoint or missing/bad features (named).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from _common import add_bank_arguments, load_bank
+
+from hpmcore.config import ConfigError, load_params
+from hpmcore.data.canonical import DatasetError
+from hpmcore.io import write_csv, write_json
+from hpmcore.logs import setup_logging
+from hpmcore.models.checkpoints import CheckpointError
+from hpmcore.runs import evaluate_run
+
+log = logging.getLogger("stages.evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_bank_arguments(parser)
+    parser.add_argument("--model", type=Path, required=True, help="output folder of the train stage")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        params = load_params(args.params)
+        bank = load_bank(args, params)
+        report = evaluate_run(bank, params, args.model)
+    except (ConfigError, DatasetError, CheckpointError) as exc:
+        log.error("%s", exc)
+        return 2
+    write_json(report.metrics, args.out / "metrics.json")
+    write_csv(report.predictions, args.out / "predictions.csv")
+    write_csv(report.transitions, args.out / "transitions.csv")
+    m = report.metrics
+    log.info(
+        "evaluate: %d test queries, rho %.4f ± %.4f, RL2x100 %.3f, AIoU@0.5 %s, AIoU@0.75 %s",
+        m["num_queries"],
+        m["rho"] if m["rho"] is not None else float("nan"),
+        m["rho_std"] if m.get("rho_std") is not None else float("nan"),
+        m["rl2_x100"] if m["rl2_x100"] is not None else float("nan"),
+        m.get("aiou_50"),
+        m.get("aiou_75"),
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
