@@ -9,12 +9,15 @@ export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test lint bench
+.PHONY: setup run compare test lint bench
 setup:
 	@bash scripts/setup.sh $(VENV)
 
 run: setup
 	$(PY) -m flows.pipeline
+
+compare: setup
+	$(PY) -m flows.pipeline --compare
 
 test: setup
 	$(PY) -m ruff check .
@@ -26,3 +29,4 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/synth_throughput.py
+	$(PY) benchmarks/training.py

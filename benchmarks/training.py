@@ -1,11 +1,12 @@
 """Training steps/s and evaluation queries/s of HP-MCoRe on cached features of the real shapes.
 
 Usage: ``python benchmarks/training.py [--steps 3] [--queries 8] [--exemplars 10] [--devices cpu cuda]
-[--amp] [--tiny]``
+[--configs pipeline reference] [--amp]``
 
-Builds the default (full-size, ~16.1 M parameters) :class:`~hpmcore.models.hpmcore.ModelConfig` and a
-bank of random features with the real layout — I3D ``(J=9, 1024)``, static ``(T=96, 368)``, pose
-``(2, 96, 16, 1)`` — then, per device (``cuda`` only when available; the card is printed):
+For each model config — ``pipeline`` (the ``params.yaml`` default, ``ModelConfig.cpu_default()``),
+``reference`` (the paper's sizes, ~16.1 M parameters) or ``tiny`` (the test config, a smoke check) — on
+a bank of random features with the real layout — I3D ``(J=9, 1024)``, static ``(T=96, 368)``, pose
+``(2, 96, 16, 1)`` — and per device (``cuda`` only when available; the card is printed):
 
 * **training**: :func:`hpmcore.train.train` for one epoch of ``--steps`` steps of ``--batch-size`` pairs
   (after a one-step warm-up run), timed by the trainer itself (forward, losses, backward, Adam; no
@@ -14,7 +15,7 @@ bank of random features with the real layout — I3D ``(J=9, 1024)``, static ``(
   ``--exemplars`` voters each (every video encoded once, the pair heads per pair, spec §10.2), wall
   time → queries/s.
 
-``--tiny`` runs the tiny test config instead (a smoke check of the script in seconds).
+With both devices, the CUDA/CPU speed-up of each measure is printed from the same run.
 """
 
 from __future__ import annotations
@@ -93,40 +94,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exemplars", type=int, default=10, help="voters per query (spec: 10)")
     parser.add_argument("--devices", nargs="+", default=["cpu", "cuda"], choices=["cpu", "cuda"])
     parser.add_argument("--amp", action="store_true", help="mixed precision for training on CUDA")
-    parser.add_argument("--tiny", action="store_true", help="tiny test config (smoke check)")
+    parser.add_argument(
+        "--configs", nargs="+", default=["pipeline", "reference"], choices=["pipeline", "reference", "tiny"]
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("hpmcore.train").setLevel(logging.ERROR)  # "no validation split" is intended here
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = ModelConfig.tiny() if args.tiny else ModelConfig()
-    n_params = sum(p.numel() for p in build_hpmcore(cfg).parameters())
-    print(
-        f"model: {'tiny' if args.tiny else 'default'} ModelConfig, {n_params:,} parameters; "
-        f"batch {args.batch_size} pairs; {args.exemplars} voters/query; torch {torch.__version__}"
-    )
-    for device in args.devices:
-        if device == "cuda" and not torch.cuda.is_available():
-            print("cuda: not available, skipped")
-            continue
-        name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        amp = args.amp and device == "cuda"
-        tr = bench_training(
-            cfg, device, steps=args.steps, batch_size=args.batch_size, amp=amp, tiny=args.tiny
-        )
-        ev = bench_evaluation(cfg, device, queries=args.queries, exemplars=args.exemplars, tiny=args.tiny)
-        print(f"[{device}: {name}{', amp' if amp else ''}]")
+    configs = {"pipeline": ModelConfig.cpu_default(), "reference": ModelConfig(), "tiny": ModelConfig.tiny()}
+    for config_name in args.configs:
+        cfg, tiny = configs[config_name], config_name == "tiny"
+        n_params = sum(p.numel() for p in build_hpmcore(cfg).parameters())
         print(
-            f"  training:   {tr['steps_per_s']:.3f} steps/s ({tr['pairs_per_s']:.2f} pairs/s; "
-            f"{tr['steps']} steps in {tr['seconds']:.1f} s)"
+            f"model: {config_name} ModelConfig, {n_params:,} parameters; batch {args.batch_size} pairs; "
+            f"{args.exemplars} voters/query; torch {torch.__version__}"
         )
-        print(
-            f"  evaluation: {ev['queries_per_s']:.3f} queries/s ({ev['pairs_per_s']:.2f} pairs/s; "
-            f"{ev['queries']} queries x {args.exemplars} voters, {ev['videos_encoded']} videos encoded, "
-            f"{ev['seconds']:.1f} s)"
-        )
+        measured = {}
+        for device in args.devices:
+            if device == "cuda" and not torch.cuda.is_available():
+                print("  cuda: not available, skipped")
+                continue
+            measured[device] = _bench_device(cfg, device, args, tiny=tiny)
+        if len(measured) == 2:
+            tr = measured["cuda"][0]["steps_per_s"] / measured["cpu"][0]["steps_per_s"]
+            ev = measured["cuda"][1]["queries_per_s"] / measured["cpu"][1]["queries_per_s"]
+            print(f"  cuda/cpu speed-up: training x{tr:.1f}, evaluation x{ev:.1f}")
     return 0
+
+
+def _bench_device(
+    cfg: ModelConfig, device: str, args: argparse.Namespace, *, tiny: bool
+) -> tuple[dict, dict]:
+    """Train and evaluation measures of one config on one device, printed."""
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    amp = args.amp and device == "cuda"
+    tr = bench_training(cfg, device, steps=args.steps, batch_size=args.batch_size, amp=amp, tiny=tiny)
+    ev = bench_evaluation(cfg, device, queries=args.queries, exemplars=args.exemplars, tiny=tiny)
+    print(f"  [{device}: {name}{', amp' if amp else ''}]")
+    print(
+        f"    training:   {tr['steps_per_s']:.3f} steps/s ({tr['pairs_per_s']:.2f} pairs/s; "
+        f"{tr['steps']} steps in {tr['seconds']:.1f} s)"
+    )
+    print(
+        f"    evaluation: {ev['queries_per_s']:.3f} queries/s ({ev['pairs_per_s']:.2f} pairs/s; "
+        f"{ev['queries']} queries x {args.exemplars} voters, {ev['videos_encoded']} videos encoded, "
+        f"{ev['seconds']:.1f} s)"
+    )
+    return tr, ev
 
 
 if __name__ == "__main__":
