@@ -405,6 +405,10 @@ class TrainConfig:
     """Regress completeness ``score / DD`` instead of the score (spec §10.3)."""
     val_exemplars: int = 10
     """Voters per validation query (one seeded draw, the same every epoch)."""
+    val_exemplar_mode: ExemplarMode | None = None
+    """Voters of the validation queries; ``None``: as ``pairing``. Set it to the test protocol's
+    ``eval.exemplar_mode`` when training pairs differ from it (e.g. ``pairing: any``), so the epoch is
+    selected by the measure that is reported."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` = CUDA when available (not part of the checkpoint fingerprint)."""
     amp: bool = False
@@ -419,6 +423,10 @@ class TrainConfig:
             raise ConfigError("train.lr must be > 0, weight_decay and static_trunk_lr_factor >= 0")
         if self.schedule not in ("cyclic", "monotone", "constant"):
             raise ConfigError(f"train.schedule must be cyclic, monotone or constant, got {self.schedule!r}")
+        if self.val_exemplar_mode not in (None, "dive_number", "difficulty", "any"):
+            raise ConfigError(
+                f"train.val_exemplar_mode must be null or an exemplar mode: {self.val_exemplar_mode!r}"
+            )
         if self.pairing not in ("dive_number", "difficulty", "any"):
             raise ConfigError(f"train.pairing must be dive_number, difficulty or any, got {self.pairing!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -426,14 +434,23 @@ class TrainConfig:
 
     @classmethod
     def cpu_default(cls) -> TrainConfig:
-        """The pipeline's default (``params.yaml``): a short run with one cosine (see ``params.yaml``)."""
-        return cls(epochs=12, schedule="monotone", val_exemplars=5)
+        """The pipeline's default (``params.yaml``): 12 epochs with one cosine, exemplars of any dive number,
+        completeness (DD mode) targets, weight decay 0.01, validation with same-dive-number voters."""
+        return cls(
+            epochs=12,
+            schedule="monotone",
+            pairing="any",
+            dd_mode=True,
+            weight_decay=0.01,
+            val_exemplars=5,
+            val_exemplar_mode="dive_number",
+        )
 
     def val_eval_config(self) -> EvalConfig:
         """The evaluation config of the per-epoch validation."""
         return EvalConfig(
             exemplars=self.val_exemplars,
-            exemplar_mode=self.pairing,
+            exemplar_mode=self.val_exemplar_mode or self.pairing,
             num_voter_draws=1,
             dd_mode=self.dd_mode,
             device=self.device,
@@ -458,6 +475,11 @@ class EvalConfig:
     """Videos per encoder batch (speed only)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` = CUDA when available, else CPU."""
+
+    @classmethod
+    def cpu_default(cls) -> EvalConfig:
+        """The pipeline's default (``params.yaml``): the paper's protocol in DD mode (as ``train``)."""
+        return cls(dd_mode=True)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
@@ -509,7 +531,7 @@ class Params:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig.cpu_default)
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig.cpu_default)
     core: CoReConfig = field(default_factory=CoReConfig)
 
 

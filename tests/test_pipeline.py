@@ -224,6 +224,7 @@ def test_comparison_table_from_one_command(project: Path) -> None:
     names = [r["name"] for r in table["rows"]]
     assert names == [
         "HP-MCoRe",
+        "+ splash-aware loss",
         "w/o skeleton",
         "w/o static branch",
         "w/o segmentation (thirds)",

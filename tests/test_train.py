@@ -526,3 +526,30 @@ def test_dd_mode_regresses_completeness() -> None:
     zero = [replace(videos[0], difficulty=0.0), *videos[1:]]
     with pytest.raises(FeatureBankError, match=f"'{videos[0].id}' has difficulty <= 0"):
         train_mod._train_data(model, zero, _cfg(dd_mode=True), torch.device("cpu"))
+
+
+def test_pipeline_bank_reads_files_and_splash_targets(tmp_path: Path) -> None:
+    """The stages' bank: files by path (a missing one named), splash sizes from the synthetic latents."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hpmcore.runs import pipeline_bank
+
+    ids = ["a/0", "a/1", "a/2"]
+    dives, decode, skel = _pipeline_outputs(tmp_path, ids)
+    pq.write_table(dives, tmp_path / "dives.parquet")
+    (tmp_path / "decoded").mkdir()
+    pq.write_table(decode, tmp_path / "decoded" / "manifest.parquet")
+    (tmp_path / "pose").mkdir()
+    pq.write_table(skel, tmp_path / "pose" / "skeletons.parquet")
+    args = (tmp_path / "dives.parquet", tmp_path / "decoded", tmp_path / "features", tmp_path / "pose")
+    root = tmp_path / "root"
+    root.mkdir()
+    bank = pipeline_bank(*args, data_root=root)  # no latents: no splash targets
+    assert all(v.splash is None for v in bank.videos.values())
+    pq.write_table(pa.table({"id": ["a/0", "a/1"], "splash": [0.25, 0.75]}), root / "latents.parquet")
+    bank = pipeline_bank(*args, data_root=root)
+    assert [bank.get(i).splash for i in ids] == [0.25, 0.75, None]
+    assert bank.get("a/1").skeleton is not None
+    with pytest.raises(DatasetError, match=r"decoded/manifest.parquet"):
+        pipeline_bank(args[0], tmp_path / "nowhere" / "decoded", args[2], args[3])
