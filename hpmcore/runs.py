@@ -59,9 +59,20 @@ def check_run_params(params: Params) -> None:
     """Reject combinations the sections cannot express alone.
 
     Raises:
-        ConfigError: ``eval.dd_mode`` differs from ``train.dd_mode`` (a model trained on completeness
-            must be evaluated on completeness).
+        ConfigError: ``model.num_frames`` / ``model.clip_stride`` differ from the decode / features
+            stages' ``num_frames`` / ``clip_stride``, or ``eval.dd_mode`` differs from ``train.dd_mode``
+            (a model trained on completeness must be evaluated on completeness).
     """
+    if params.model.num_frames != params.decode.num_frames:
+        raise ConfigError(
+            f"model.num_frames ({params.model.num_frames}) must equal decode.num_frames "
+            f"({params.decode.num_frames})"
+        )
+    if params.model.clip_stride != params.features.clip_stride:
+        raise ConfigError(
+            f"model.clip_stride ({params.model.clip_stride}) must equal features.clip_stride "
+            f"({params.features.clip_stride})"
+        )
     if params.eval.dd_mode != params.train.dd_mode:
         raise ConfigError(
             f"eval.dd_mode ({params.eval.dd_mode}) must equal train.dd_mode ({params.train.dd_mode})"

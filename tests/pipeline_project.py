@@ -15,6 +15,11 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parents[1]
 
+TINY_TRAIN = {"epochs": 2, "pairing": "any", "val_exemplars": 2, "val_exemplar_mode": "any"}
+"""A tiny model run for pipeline tests: 2 epochs, voters of any dive number (a handful of dives hardly
+share dive numbers)."""
+TINY_EVAL = {"exemplar_mode": "any", "exemplars": 3, "num_voter_draws": 2}
+
 
 def project_env(tmp: Path, prefect_home: Path | None = None) -> dict[str, str]:
     """The environment of a pipeline subprocess: this interpreter first on PATH, telemetry off, the

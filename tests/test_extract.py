@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from conftest import SyntheticVideo, synthetic_frames
-from pipeline_project import PROJECT, copy_pipeline, repro, run_ok, set_params
+from pipeline_project import PROJECT, TINY_EVAL, TINY_TRAIN, copy_pipeline, repro, run_ok, set_params
 
 from hpmcore.config import DecodeConfig
 from hpmcore.data.canonical import annotation_table
@@ -417,6 +417,9 @@ TINY = {
     "synth": {"seed": 5, "num_dives": 6, "width": 64, "height": 64, "min_frames": 30, "max_frames": 40},
     "decode": {"num_frames": 32, "width": 32, "height": 32},
     "features": {"batch_size": 4},
+    "model": {"num_frames": 32},
+    "train": TINY_TRAIN,
+    "eval": TINY_EVAL,
 }
 
 

@@ -17,7 +17,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
-from pipeline_project import PROJECT, copy_pipeline, project_env, repro, run_ok, set_params
+from pipeline_project import (
+    PROJECT,
+    TINY_EVAL,
+    TINY_TRAIN,
+    copy_pipeline,
+    project_env,
+    repro,
+    run_ok,
+    set_params,
+)
 
 from hpmcore import tracking
 from hpmcore.data.canonical import read_annotations
@@ -32,9 +41,6 @@ TINY_SYNTH = {
     "test_fraction": 0.25,
 }
 
-# A tiny model run: 2 epochs, exemplars of any dive number (8 dives hardly share dive numbers).
-TINY_TRAIN = {"epochs": 2, "pairing": "any", "val_exemplars": 2}
-TINY_EVAL = {"exemplar_mode": "any", "exemplars": 3, "num_voter_draws": 2}
 ALL_STAGES = {"synth", "prepare", "decode", "pose", "features", "train", "evaluate"}
 
 pytestmark = pytest.mark.slow

@@ -155,3 +155,7 @@ def test_eval_dd_mode_must_follow_train_dd_mode() -> None:
     bad = replace(params, train=replace(params.train, dd_mode=True), eval=EvalConfig(dd_mode=False))
     with pytest.raises(ConfigError, match="dd_mode"):
         check_run_params(bad)
+    with pytest.raises(ConfigError, match=r"decode\.num_frames"):
+        check_run_params(replace(params, model=replace(params.model, num_frames=32)))
+    with pytest.raises(ConfigError, match=r"features\.clip_stride"):
+        check_run_params(replace(params, model=replace(params.model, clip_stride=8)))
