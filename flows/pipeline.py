@@ -274,9 +274,10 @@ def pipeline(
         lock_text = (project_dir / "dvc.lock").read_text()
         outputs = dvc_outputs(lock_text)
         tracking.log_text(lock_text, "lineage/dvc.lock")
+        lock_sha256 = hashlib.sha256(lock_text.encode()).hexdigest()
         tracking.set_tags(
             {
-                "dvc.lock.sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
+                "dvc.lock.sha256": lock_sha256,
                 **{f"dvc.out.{path}": md5 for outs in outputs.values() for path, md5 in outs.items()},
             }
         )
@@ -286,7 +287,7 @@ def pipeline(
         if "train" in stages and "evaluate" in stages:
             lineage = {
                 "git.commit": tags["git.commit"],
-                "dvc.lock.sha256": hashlib.sha256(lock_text.encode()).hexdigest(),
+                "dvc.lock.sha256": lock_sha256,
                 **{f"dvc.out.{p}": md5 for p, md5 in outputs.get("train", {}).items()},
                 "mlflow.run_id": run.info.run_id,
             }

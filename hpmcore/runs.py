@@ -26,11 +26,12 @@ import pyarrow as pa
 
 from hpmcore.baselines import default_variants, run_comparison
 from hpmcore.config import ConfigError, Params
-from hpmcore.data.canonical import DatasetError
+from hpmcore.data.canonical import DatasetError, read_annotations
 from hpmcore.evaluate import Evaluation, FeatureBank, FeatureBankError, evaluate_model, json_safe
-from hpmcore.extract import MANIFEST
+from hpmcore.extract import DECODE_MANIFEST_SCHEMA, MANIFEST, read_manifest
 from hpmcore.io import read_parquet
 from hpmcore.models.hpmcore import HPMCoRe, build_hpmcore
+from hpmcore.pose import SKELETONS
 from hpmcore.train import BEST, TrainResult, load_checkpoint, load_feature_bank, train
 
 __all__ = [
@@ -100,17 +101,16 @@ def pipeline_bank(
         drop_missing: leave out dives without features/pose (after ``on_error: skip`` upstream).
 
     Raises:
-        DatasetError / FeatureBankError: a missing or unreadable file, or a dive without features/pose,
-            naming the file and the dive.
+        DatasetError / FeatureBankError: a missing, unreadable or invalid dive table or skeleton table,
+            or a dive without features/pose, naming the file and the dive.
+        ManifestError: a missing or malformed decode or features manifest (named).
     """
-    dives = read_parquet(Path(dives_path), DatasetError, "annotation table not found (run stage prepare)")
-    decode_manifest = read_parquet(
-        Path(decoded_dir) / MANIFEST, DatasetError, "decode manifest not found (run stage decode)"
-    )
+    dives = read_annotations(Path(dives_path))
+    decode_manifest = read_manifest(Path(decoded_dir) / MANIFEST, DECODE_MANIFEST_SCHEMA)
     skeletons = None
     if pose_dir is not None:
         skeletons = read_parquet(
-            Path(pose_dir) / "skeletons.parquet", DatasetError, "skeleton table not found (run stage pose)"
+            Path(pose_dir) / SKELETONS, DatasetError, "skeleton table not found (run stage pose)"
         )
     bank = load_feature_bank(
         dives,

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hpmcore.config import Params
+from hpmcore.config import ConfigError, Params
+from hpmcore.data.canonical import DatasetError
 from hpmcore.evaluate import FeatureBank
+from hpmcore.extract import ManifestError
+from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.runs import pipeline_bank
+
+INPUT_ERRORS = (ConfigError, DatasetError, ManifestError, CheckpointError)
+"""Bad params, tables, manifests, features or checkpoints: the model stages exit 2 with the message."""
 
 
 def add_bank_arguments(parser: argparse.ArgumentParser) -> None:

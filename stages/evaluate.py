@@ -17,13 +17,11 @@ import logging
 import sys
 from pathlib import Path
 
-from _common import add_bank_arguments, load_bank
+from _common import INPUT_ERRORS, add_bank_arguments, load_bank
 
-from hpmcore.config import ConfigError, load_params
-from hpmcore.data.canonical import DatasetError
+from hpmcore.config import load_params
 from hpmcore.io import write_csv, write_json
 from hpmcore.logs import setup_logging
-from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.runs import evaluate_run
 
 log = logging.getLogger("stages.evaluate")
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         bank = load_bank(args, params)
         report = evaluate_run(bank, params, args.model)
-    except (ConfigError, DatasetError, CheckpointError) as exc:
+    except INPUT_ERRORS as exc:
         log.error("%s", exc)
         return 2
     write_json(report.metrics, args.out / "metrics.json")

@@ -18,14 +18,12 @@ import logging
 import sys
 from pathlib import Path
 
-from _common import add_bank_arguments, load_bank
+from _common import INPUT_ERRORS, add_bank_arguments, load_bank
 
-from hpmcore.config import ConfigError, load_params
-from hpmcore.data.canonical import DatasetError
+from hpmcore.config import load_params
 from hpmcore.evaluate import json_safe
 from hpmcore.io import write_json
 from hpmcore.logs import setup_logging
-from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.runs import train_run
 
 log = logging.getLogger("stages.train")
@@ -44,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         bank = load_bank(args, params)
         result = train_run(bank, params, args.out)
-    except (ConfigError, DatasetError, CheckpointError) as exc:
+    except INPUT_ERRORS as exc:
         log.error("%s", exc)
         return 2
     except FloatingPointError as exc:

@@ -213,6 +213,11 @@ def test_model_stages_train_evaluate_reproducibly_and_fail_cleanly(project: Path
     proc = _stage(project, "evaluate", "--model", "data/model", "--out", "data/eval")
     assert proc.returncode == 2 and missing in proc.stderr and "manifest.parquet" in proc.stderr, proc.stderr
     assert metrics_path.read_bytes() == before
+    # no features manifest at all: exit 2 naming it (no traceback), nothing written
+    manifest_path.unlink()
+    proc = _stage(project, "evaluate", "--model", "data/model", "--out", "data/eval")
+    assert proc.returncode == 2 and "features/manifest.parquet" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and metrics_path.read_bytes() == before
     pq.write_table(manifest, manifest_path)
 
     # a checkpoint written for another model configuration: exit 2 naming the file and the key

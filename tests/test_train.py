@@ -533,6 +533,7 @@ def test_pipeline_bank_reads_files_and_splash_targets(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from hpmcore.extract import ManifestError
     from hpmcore.runs import pipeline_bank
 
     ids = ["a/0", "a/1", "a/2"]
@@ -551,5 +552,5 @@ def test_pipeline_bank_reads_files_and_splash_targets(tmp_path: Path) -> None:
     bank = pipeline_bank(*args, data_root=root)
     assert [bank.get(i).splash for i in ids] == [0.25, 0.75, None]
     assert bank.get("a/1").skeleton is not None
-    with pytest.raises(DatasetError, match=r"decoded/manifest.parquet"):
+    with pytest.raises(ManifestError, match=r"decoded/manifest.parquet"):
         pipeline_bank(args[0], tmp_path / "nowhere" / "decoded", args[2], args[3])
