@@ -32,11 +32,11 @@ from prefect.runtime import flow_run
 
 import hpmcore
 from flows.settings import PROJECT_DIR, state_dir
-from hpmcore import tracking
 from hpmcore.config import Params, flatten, load_params, params_to_dict
 from hpmcore.extract import FAILURES, MANIFEST
 from hpmcore.models.export import PairScorer
 from hpmcore.runs import CHECKPOINTS, build_model
+from hpmcore.tracking import mlflow as tracking
 from hpmcore.train import BEST, load_checkpoint
 
 MODEL_DIR = Path("data/model")

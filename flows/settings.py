@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hpmcore.tracking import default_state_dir
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 
 
 def state_dir(project_dir: Path = PROJECT_DIR) -> Path:
     """The git-ignored folder for local state: ``$HPMCORE_STATE_DIR`` or ``<project>/.hpmcore``."""
-    return Path(os.environ.get("HPMCORE_STATE_DIR", Path(project_dir) / ".hpmcore")).resolve()
+    return default_state_dir(project_dir)
 
 
 def configure_environment(project_dir: Path = PROJECT_DIR) -> None:

@@ -486,7 +486,7 @@ def test_dvc_repro_extracts_incrementally(tmp_path: Path) -> None:
 
 def test_flow_logs_stage_counts_throughput_and_failures_to_mlflow(tmp_path: Path) -> None:
     from flows.pipeline import log_stage_reports, stage_reports
-    from hpmcore import tracking
+    from hpmcore.tracking import mlflow as tracking
 
     reports = stage_reports(PROJECT)  # read from dvc.yaml: no repro needed
     assert reports["decode"]["metrics"] == [PROJECT / "data/decoded/stats.json"]

@@ -28,8 +28,8 @@ from pipeline_project import (
     set_params,
 )
 
-from hpmcore import tracking
 from hpmcore.data.canonical import read_annotations
+from hpmcore.tracking import mlflow as tracking
 
 TINY_SYNTH = {
     "seed": 5,

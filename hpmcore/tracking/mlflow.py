@@ -1,7 +1,8 @@
 """The one place that talks to MLflow: a SQLite tracking store and an artifact folder under a state dir.
 
-Everything else in the project (flows, stages) goes through these functions, so the tracking URI is
-set in exactly one place and never deep inside a flow.
+Everything else in the project (flows, stages, the lineage audit) goes through these functions, so the
+tracking URI is set in exactly one place and never deep inside a flow. Every run opened with
+:func:`start_run` records the environment fingerprint (:mod:`hpmcore.environment`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from hpmcore.environment import environment_fingerprint, environment_tags
+
 MAX_PARAM_LENGTH = 6000  # MLflow 3 limit for a param value is 6000 characters
+ENVIRONMENT_ARTIFACT = "environment/fingerprint.json"
+"""Where every run keeps its environment fingerprint."""
 
 
 def tracking_uri(state_dir: Path) -> str:
@@ -49,10 +54,17 @@ def ensure_experiment(state_dir: Path, name: str) -> str:
 def start_run(
     state_dir: Path, experiment: str, run_name: str, tags: Mapping[str, str] | None = None
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open an MLflow run in the project's store; it is ended (FAILED on exception) on exit."""
+    """Open an MLflow run in the project's store; it is ended (FAILED on exception) on exit.
+
+    The run records the environment fingerprint: the artifact ``environment/fingerprint.json`` and the
+    ``env.*`` tags of :func:`hpmcore.environment.environment_tags`.
+    """
     mlflow.set_tracking_uri(tracking_uri(state_dir))
     experiment_id = ensure_experiment(state_dir, experiment)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags or {})) as run:
+    fingerprint = environment_fingerprint()
+    run_tags = {**environment_tags(fingerprint), **dict(tags or {})}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
+        log_dict(fingerprint, ENVIRONMENT_ARTIFACT)
         yield run
 
 
@@ -121,7 +133,7 @@ def log_torch_model(
         # eager pickle (the pair model has data-dependent control flow: no torch.export graph) with the
         # package's code beside it, and the requirements named, not inferred (no import-capture process)
         serialization_format="pickle",
-        code_paths=[str(Path(__file__).resolve().parent)],
+        code_paths=[str(Path(__file__).resolve().parents[1])],  # the hpmcore package
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
     )
     if registered_model_name and tags and info.registered_model_version is not None:
