@@ -10,6 +10,7 @@ latent, plus spray droplets and foam). The whole scene moves with the per-frame 
 from __future__ import annotations
 
 import math
+import platform
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -146,10 +147,30 @@ def render_frames(dive: SynthDive) -> Iterator[np.ndarray]:
         yield np.asarray(image)
 
 
-def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: int, crf: int = 23) -> int:
-    """Encode ``(H, W, 3)`` uint8 RGB frames as H.264 (yuv420p, ``fps``) into ``path``.
+X264_ASM = "SSE2" if platform.machine().lower() in ("x86_64", "amd64") else "0"
+"""x264's instruction sets (its ``asm`` param): SSE2, the x86-64 baseline every x86-64 CPU has, else none
+(the portable C code). By default x264 picks the best set of the CPU it runs on, and its AVX2 code
+reads uninitialised padding bytes of its frame buffers into coding decisions (the same frames gave
+different bytes from run to run, and the x264 output of one set differs from another's)."""
+X264_PARAMS = f"asm={X264_ASM}:threads=1:lookahead-threads=1:sliced-threads=0"
+"""x264 parameters of :func:`write_mp4`: a fixed instruction set and one thread, so the bytes depend only
+on the frames and the x264 build (the PyAV wheel), not on the machine or on the process's memory."""
+_TO_YUV = (
+    av.video.reformatter.Interpolation.BILINEAR
+    | av.video.reformatter.Interpolation.ACCURATE_RND
+    | av.video.reformatter.Interpolation.BITEXACT
+)
+"""swscale flags of the RGB → yuv420p conversion: its bit-exact C path on every CPU."""
 
-    Single-threaded libx264 (``preset=veryfast``); width and height must be even.
+
+def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: int, crf: int = 23) -> int:
+    """Encode ``(H, W, 3)`` uint8 RGB frames as H.264 (yuv420p, ``fps``) into ``path``, deterministically.
+
+    libx264 ``preset=veryfast``, ``crf``, one thread and the instruction sets of :data:`X264_ASM`;
+    the RGB → yuv420p conversion is swscale's bit-exact one and the mp4 is muxed with ``+bitexact``
+    (no library version string in the container). The same frames give the same bytes on every run,
+    thread setting (``OMP_NUM_THREADS``) and x86-64 CPU with the same PyAV wheel; the decoded frames
+    are the same wherever the bytes are (H.264 decoding is exact). Width and height must be even.
 
     Returns:
         The number of frames written.
@@ -158,7 +179,7 @@ def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: int, crf: int = 
         ValueError: for frames of the wrong shape or odd size, or no frames at all.
     """
     count = 0
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options={"fflags": "+bitexact"}) as container:
         stream = None
         for array in frames:
             if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
@@ -170,12 +191,15 @@ def write_mp4(frames: Iterable[np.ndarray], path: Path, *, fps: int, crf: int = 
                 stream = container.add_stream("libx264", rate=fps)
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 stream.codec_context.thread_count = 1
-                stream.options = {"crf": str(crf), "preset": "veryfast"}
+                stream.codec_context.thread_type = "NONE"
+                stream.options = {"crf": str(crf), "preset": "veryfast", "x264-params": X264_PARAMS}
             elif array.shape[:2] != (stream.height, stream.width):
                 raise ValueError(
                     f"frame {count} is {array.shape[:2]}, expected {(stream.height, stream.width)}"
                 )
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24").reformat(
+                format="yuv420p", interpolation=_TO_YUV, threads=1
+            )
             frame.pts = count
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
