@@ -2,9 +2,9 @@
 
 **The cache engine** (:func:`run_cached`). An extraction stage turns every dive into one *entry*
 (tensors plus string metadata) stored as ``<cache dir>/<key><suffix>``, where ``key`` is the SHA-256
-of everything the entry is a function of: the content hash of its inputs, the stage's params, the
-encoder weights' hash, the library versions and the source code of the functions computing it
-(:func:`digest`, :func:`code_digest`). So:
+of everything the entry is a function of (:func:`digest`): the content hash of its inputs, the stage's
+params, the encoder weights' hash, the versions of the libraries computing it and the stage's **cache
+version**, an integer constant next to the stage's code (e.g. :data:`DECODE_CACHE_VERSION`). So:
 
 * a rerun recomputes only the dives whose key has no entry yet — adding 5 videos computes 5, editing
   one recomputes that one; a touched (same content) video is not recomputed;
@@ -15,6 +15,13 @@ encoder weights' hash, the library versions and the source code of the functions
   so an entry that exists is complete; a reused entry's header is checked (it parses, its key
   matches) and an unreadable one is recomputed with a warning;
 * the stage logs exactly one line ``<stage>: computed N, reused M (failed F, removed R stale)``.
+
+**Cache versions.** The code is not part of a key (its location and comments do not change what it
+computes, and moving it must not invalidate every entry). Whoever changes what a stage computes for
+the same inputs and params (its numbers, its metadata, its tensor layout) bumps that stage's cache
+version in the same commit; every entry of the stage is then recomputed on the next run. DVC reruns
+the stage after any change to its code (the code files are its deps), and with an unchanged version
+it reuses every entry.
 
 The cache folder is a DVC output with ``persist: true`` (``dvc.yaml``): DVC then does not delete it
 before rerunning the stage, which is what makes the stage incremental, while it still records the
@@ -40,7 +47,6 @@ does: the synthetic dataset's decoded frames compress about 12x.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -63,6 +69,7 @@ from hpmcore.io import atomic_path, read_parquet
 
 __all__ = [
     "CACHE_DIR",
+    "DECODE_CACHE_VERSION",
     "DECODE_MANIFEST_SCHEMA",
     "FAILURES",
     "FAILURE_SCHEMA",
@@ -76,7 +83,6 @@ __all__ = [
     "Item",
     "ItemError",
     "ManifestError",
-    "code_digest",
     "decode_videos",
     "digest",
     "failures_table",
@@ -162,15 +168,6 @@ def digest(obj: Any) -> str:
     """SHA-256 hex of ``obj`` as canonical JSON (sorted keys): the cache key of an entry."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def code_digest(*objects: Any) -> str:
-    """SHA-256 of the source code of modules / functions / classes: part of a cache key, so that a change
-    to the code computing an entry recomputes it (DVC reruns the stage, but would otherwise reuse)."""
-    h = hashlib.sha256()
-    for obj in objects:
-        h.update(inspect.getsource(obj).encode())
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -599,11 +596,10 @@ path               string          the entry, relative to the manifest's folder:
 """
 
 
-def _decode_code() -> str:
-    import hpmcore.video
-    from hpmcore.data.finediving import linspace_indices
-
-    return code_digest(hpmcore.video, linspace_indices)
+DECODE_CACHE_VERSION = 1
+"""Cache version of the decode stage's entries (see "Cache versions" above): bump it when a change to
+the decoding code (this stage, :mod:`hpmcore.video`, the spec §1.1 sampling) changes the frames or the
+metadata of an entry for the same source and params."""
 
 
 def decode_videos(
@@ -620,7 +616,7 @@ def decode_videos(
     ``start_frame .. end_frame``, sampled to ``cfg.num_frames`` and resized to ``cfg.width`` ×
     ``cfg.height`` (:func:`hpmcore.video.decode_dive`). The entry key covers the source's content
     hash, the frame range, the decode params (not ``on_error``), decord's and Pillow's versions and
-    the decoding code. Only the cache entries are written here; the caller writes the returned
+    :data:`DECODE_CACHE_VERSION`. Only the cache entries are written here; the caller writes the returned
     manifest, failures table and stats next to the cache (``MANIFEST``, ``FAILURES``, ``STATS``).
 
     Raises:
@@ -642,8 +638,8 @@ def decode_videos(
     }
     fixed = {
         "stage": "decode",
+        "version": DECODE_CACHE_VERSION,
         "params": decode_params,
-        "code": _decode_code(),
         "decord": decord.__version__,
         "pillow": PIL.__version__,
     }

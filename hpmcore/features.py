@@ -18,7 +18,8 @@ centre crop (``crop_size``) → ImageNet mean/std → ``(B, 3, T, H, W)``.
 
 The cache key covers the decode entry's key (itself a content hash of the source video), the params
 that change the numbers, both weights' hashes (the init seed for a random init), the precision, the
-torch/timm versions and the code of the encoders and of this preprocessing. The device is recorded
+torch/timm versions and :data:`FEATURES_CACHE_VERSION` (bumped when the encoders' code or this
+preprocessing changes the features; see "Cache versions" in :mod:`hpmcore.extract`). The device is recorded
 but not part of the key (CPU and CUDA fp32 agree to float rounding); AMP is, as ``precision``.
 
 Runs batched under ``torch.inference_mode()`` on ``device`` (``auto``: CUDA when available), both
@@ -51,7 +52,6 @@ from hpmcore.extract import (
     Item,
     ItemError,
     Outcome,
-    code_digest,
     digest,
     failures_table,
     load_decoded,
@@ -64,6 +64,7 @@ from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.i3d import clip_starts
 
 __all__ = [
+    "FEATURES_CACHE_VERSION",
     "FEATURES_MANIFEST_SCHEMA",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -286,14 +287,11 @@ def encode_batch(
     return i3d.to("cpu", torch.float32, copy=True), static.to("cpu", torch.float32, copy=True)
 
 
-def _features_code() -> str:
-    import hpmcore.models.gsm
-    import hpmcore.models.i3d
-    import hpmcore.models.static
-
-    return code_digest(
-        hpmcore.models.i3d, hpmcore.models.static, hpmcore.models.gsm, preprocess, encode_batch
-    )
+FEATURES_CACHE_VERSION = 1
+"""Cache version of the features stage's entries: bump it when a change to the encoders
+(:mod:`hpmcore.models.i3d`, :mod:`hpmcore.models.static`, :mod:`hpmcore.models.gsm`), to
+:func:`preprocess` or :func:`encode_batch` changes the features or the metadata of an entry for the
+same decoded frames, weights and params."""
 
 
 def extract_features(
@@ -346,11 +344,11 @@ def extract_features(
     }
     fixed = {
         "stage": "features",
+        "version": FEATURES_CACHE_VERSION,
         "params": params,
         "i3d_weights": encoders.i3d_info.weights_sha256,
         "static_weights": encoders.static_info.weights_sha256,
         "precision": encoders.precision,
-        "code": _features_code(),
         "torch": torch.__version__,
         "timm": timm.__version__,
     }

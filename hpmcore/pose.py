@@ -75,7 +75,7 @@ GCN's input BatchNorm) or ``frame``.
 * T and ``decode.min_source_frames``; the annotation ``source``, or for ``mmpose`` the SHA-256 of the
   model config and checkpoint (``random-init`` without one), of the detector's, the box and score
   params and the mmpose / mmdet / torch versions;
-* the source code of the functions computing the entry (:func:`hpmcore.extract.code_digest`).
+* :data:`POSE_CACHE_VERSION` (see "Cache versions" in :mod:`hpmcore.extract`).
 
 Not in the key: ``normalize`` (recorded in the table's metadata, the stored pixels do not change),
 ``device``, ``trust_checkpoint``, ``on_error``, and the paths themselves (entries stay valid when the
@@ -110,7 +110,6 @@ from hpmcore.extract import (
     Item,
     ItemError,
     ManifestError,
-    code_digest,
     digest,
     failures_table,
     load_entry,
@@ -128,6 +127,7 @@ __all__ = [
     "FAILURE_SCHEMA",
     "HEAD_TOP_EXTENSION",
     "MPII_JSON_DIR",
+    "POSE_CACHE_VERSION",
     "SAMPLED_SKELETON_SCHEMA",
     "SKELETONS",
     "UPPER_NECK_FRACTION",
@@ -154,6 +154,10 @@ SKELETONS = "skeletons.parquet"
 """The pose stage's sampled skeleton table, next to its ``cache`` folder (dvc.yaml names it too)."""
 RANDOM_INIT = "random-init"
 """What the cache key records for a model without a checkpoint (``pose.random_init``)."""
+POSE_CACHE_VERSION = 1
+"""Cache version of the pose stage's entries: bump it when a change to a backend, the COCO→MPII mapping,
+the box tracking or the annotation readers changes the skeleton or the metadata of an entry for the
+same inputs and params."""
 
 SAMPLED_SKELETON_SCHEMA = pa.schema(
     [
@@ -393,6 +397,7 @@ def extract_pose(
             backend = _MMPose(cfg, project_dir)
     fixed = {
         "stage": "pose",
+        "version": POSE_CACHE_VERSION,
         "num_frames": num_frames,
         "min_source_frames": decode_cfg.min_source_frames,
         **backend.key_params(),
@@ -699,10 +704,7 @@ class _Annotations:
         # stage here (DatasetError) instead of failing every dive one by one.
         if self.cfg.source == "skeletons":
             self._load_table()
-        code = code_digest(
-            _Annotations, _read_skeleton_table, read_finediving_pose, read_mpii_json, linspace_indices, probe
-        )
-        return {"backend": "annotations", "source": self.cfg.source, "code": code}
+        return {"backend": "annotations", "source": self.cfg.source}
 
     def input_hash(self, row: dict) -> str:
         match self.cfg.source:
@@ -892,8 +894,6 @@ class _MMPose:
     def key_params(self) -> dict[str, Any]:
         import mmpose
 
-        import hpmcore.video
-
         params: dict[str, Any] = {
             "backend": "mmpose",
             "config": sha256_file(self.config),
@@ -902,7 +902,6 @@ class _MMPose:
             "box_margin": self.cfg.box_margin,
             "mmpose": mmpose.__version__,
             "torch": torch.__version__,
-            "code": code_digest(_MMPose, coco_to_mpii, _track_box, _whole, hpmcore.video),
         }
         if self.detector is not None:
             import mmdet
