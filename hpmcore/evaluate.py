@@ -49,6 +49,7 @@ from hpmcore.data.splits import ExemplarPool, select_exemplars
 from hpmcore.metrics import score_metrics, segmentation_metrics, tiou
 from hpmcore.models.hdgcn import NUM_JOINTS
 from hpmcore.models.hpmcore import POSE_CHANNELS, HPMCoRe, VideoInputs
+from hpmcore.runtime import derive_seed, resolve_device
 
 __all__ = [
     "BANK_COLUMNS",
@@ -64,7 +65,6 @@ __all__ = [
     "input_spec",
     "json_safe",
     "plan_evaluation",
-    "resolve_device",
     "stack_videos",
     "synthetic_feature_bank",
     "voter_seed",
@@ -84,15 +84,6 @@ class FeatureBankError(DatasetError):
 
 # ---------------------------------------------------------------------------------------------------------
 # Configuration
-
-
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    return torch.device(choice)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -323,10 +314,8 @@ def stack_videos(videos: Sequence[VideoFeatures], spec: InputSpec) -> VideoInput
 
 
 def voter_seed(seed: int, draw: int) -> int:
-    """The exemplar-draw seed of voter draw ``draw`` (draw 0 uses ``seed`` itself)."""
-    if draw == 0:
-        return int(seed)
-    return int(np.random.SeedSequence([int(seed), 0x707E5, int(draw)]).generate_state(1)[0])
+    """The exemplar-draw seed of voter draw ``draw``: the stream ``("voters", draw)`` of ``seed``."""
+    return derive_seed(seed, "voters", draw)
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,7 @@ from hpmcore.extract import (
 )
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.i3d import clip_starts
+from hpmcore.runtime import resolve_device
 
 __all__ = [
     "FEATURES_CACHE_VERSION",
@@ -76,7 +77,6 @@ __all__ = [
     "extract_features",
     "load_features",
     "preprocess",
-    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,6 @@ class FeatureEncoders:
     static_info: EncoderInfo
 
 
-def resolve_device(choice: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a ``ConfigError``."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("features.device is cuda but torch.cuda.is_available() is False")
-    if choice not in ("cpu", "cuda"):
-        raise ConfigError(f"features.device must be auto, cpu or cuda, got {choice!r}")
-    return torch.device(choice)
-
-
 def _weights(path: str | None, what: str, project_dir: Path) -> tuple[Path | None, str]:
     """The resolved weights path and its hash (``random-init`` for ``None``).
 
@@ -206,7 +195,7 @@ def build_feature_encoders(cfg: FeaturesConfig, *, project_dir: Path = Path(".")
     from hpmcore.models.i3d import build_i3d_encoder
     from hpmcore.models.static import build_static_encoder
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, param="features.device")
     i3d_path, i3d_hash = _weights(cfg.i3d_weights, "i3d_weights", project_dir)
     static_path, static_hash = _weights(cfg.static_weights, "static_weights", project_dir)
     for what, path in (("i3d_weights", i3d_path), ("static_weights", static_path)):

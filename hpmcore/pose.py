@@ -120,6 +120,7 @@ from hpmcore.extract import (
 )
 from hpmcore.io import read_parquet
 from hpmcore.models.checkpoints import CheckpointError
+from hpmcore.runtime import resolve_device
 from hpmcore.video import FRAME_SUFFIXES, VideoError, decode_dive, probe
 
 __all__ = [
@@ -835,7 +836,7 @@ class _MMPose:
 
     def __init__(self, cfg: PoseConfig, project_dir: Path) -> None:
         self.cfg = cfg
-        self.device = _device(cfg.device)
+        self.device = str(resolve_device(cfg.device, param="pose.device"))
         # Checkpoints first: a missing file fails before the slow mmpose import and model build.
         self.checkpoint = None if cfg.checkpoint is None else _resolve(cfg.checkpoint, project_dir)
         state = self._read_checkpoint(self.checkpoint, "pose")
@@ -1017,18 +1018,6 @@ class _MMPose:
 # Helpers.
 
 _PIXEL_SPACE = "source video frame pixels, origin top-left, x right, y down"
-
-
-def _device(choice: str) -> str:
-    match choice:
-        case "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        case "cuda":
-            if not torch.cuda.is_available():
-                raise PoseError("pose.device is 'cuda' but no CUDA device is available")
-            return "cuda"
-        case _:
-            return "cpu"
 
 
 def _resolve(path: str, project_dir: Path) -> Path:

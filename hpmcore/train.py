@@ -67,7 +67,6 @@ from hpmcore.evaluate import (
     evaluate_model,
     input_spec,
     plan_evaluation,
-    resolve_device,
     stack_videos,
 )
 from hpmcore.extract import MANIFEST, read_manifest
@@ -79,6 +78,7 @@ from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.hpmcore import HPMCoRe, VideoInputs, pair_losses
 from hpmcore.models.segmentation import gt_transitions
 from hpmcore.pose import dive_skeletons, normalize_skeleton, pose_metadata
+from hpmcore.runtime import derive_seed, resolve_device, seed_everything
 
 __all__ = [
     "BEST",
@@ -87,14 +87,12 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_optimizer",
-    "derive_seed",
     "draw_pairs",
     "load_checkpoint",
     "load_feature_bank",
     "lr_factor",
     "model_fingerprint",
     "run_fingerprint",
-    "seed_everything",
     "train",
 ]
 
@@ -136,22 +134,6 @@ def lr_factor(epoch: int, *, schedule: str = "cyclic", t_max: int = 20, epochs: 
             return 1.0
         case _:
             raise ValueError(f"unknown schedule {schedule!r}")
-
-
-def derive_seed(seed: int, *keys: int | str) -> int:
-    """A 32-bit seed derived from ``seed`` and ``keys`` (e.g. ``("pairs", epoch)``), independent streams."""
-    words = [int(seed)] + [
-        int.from_bytes(hashlib.sha256(k.encode()).digest()[:4], "little") if isinstance(k, str) else int(k)
-        for k in keys
-    ]
-    return int(np.random.SeedSequence(words).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python ``random``, numpy's global generator and torch (CPU and every CUDA device)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -512,7 +494,7 @@ def train(
             if path == last_path and resume:
                 state = stored
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, param="train.device")
     model.to(device)
     autocast, scaler = _amp(cfg, device)
     optimizer = build_optimizer(model, cfg)

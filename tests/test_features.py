@@ -26,12 +26,12 @@ from hpmcore.features import (
     extract_features,
     load_features,
     preprocess,
-    resolve_device,
 )
 from hpmcore.io import write_parquet
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.i3d import InceptionI3d
 from hpmcore.models.static import StaticEncoder
+from hpmcore.runtime import resolve_device
 
 MAKE = Callable[..., Any]
 CFG = FeaturesConfig(device="cpu")
@@ -285,8 +285,8 @@ def test_clip_longer_than_the_videos_and_cuda_without_gpu_are_config_errors(
     with pytest.raises(ConfigError, match="clip_len=20 is longer than the decoded videos"):
         extract_features(decoded, FeaturesConfig(device="cpu", clip_len=20), out_dir=tmp_path / "f")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match=r"features\.device is cuda"):
-            resolve_device("cuda")
+        with pytest.raises(ConfigError, match=r"features\.device is 'cuda'"):
+            resolve_device("cuda", param="features.device")
     assert resolve_device("cpu") == torch.device("cpu")
 
 

@@ -19,12 +19,12 @@ from hpmcore.data.canonical import DatasetError
 from hpmcore.evaluate import EvalConfig, FeatureBank, FeatureBankError, evaluate_model, synthetic_feature_bank
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
+from hpmcore.runtime import derive_seed
 from hpmcore.train import (
     BEST,
     LAST,
     TrainConfig,
     build_optimizer,
-    derive_seed,
     draw_pairs,
     load_checkpoint,
     lr_factor,

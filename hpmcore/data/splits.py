@@ -6,7 +6,6 @@ All randomness is seeded: the validation carve-out by ``seed``, each query's exe
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pyarrow as pa
 
 from hpmcore.config import ExemplarMode
 from hpmcore.data.canonical import DatasetError
+from hpmcore.runtime import derive_rng
 
 
 def carve_validation(table: pa.Table, fraction: float, seed: int) -> pa.Table:
@@ -44,7 +44,7 @@ def carve_validation(table: pa.Table, fraction: float, seed: int) -> pa.Table:
     for row, (split, dn) in enumerate(zip(splits, dive_numbers, strict=True)):
         if split == "train":
             groups[dn].append(row)
-    rng = np.random.default_rng([seed, 0x5A1])
+    rng = derive_rng(seed, "validation")
     new_splits = list(splits)
     for dn in sorted(groups):
         rows = sorted(groups[dn], key=lambda r: ids[r])
@@ -58,8 +58,7 @@ def carve_validation(table: pa.Table, fraction: float, seed: int) -> pa.Table:
 
 def query_rng(seed: int, query_id: str) -> np.random.Generator:
     """A generator seeded by ``(seed, query id)``; independent of processing order."""
-    digest = hashlib.sha256(query_id.encode()).digest()
-    return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
+    return derive_rng(seed, "query", query_id)
 
 
 @dataclass(frozen=True)
