@@ -33,6 +33,18 @@ fi
 log() { printf '[setup %(%H:%M:%S)T] %s\n' -1 "$*"; }
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 
+# Headless Chromium for tests/test_plots.py (the offline `dvc plots show` page; skipped without it).
+# Installed only where this script can: as root with apt-get (CI containers); elsewhere a hint.
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing chromium (headless browser for tests/test_plots.py)"
+        DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+    else
+        log "chromium not found: tests/test_plots.py will be skipped (Debian/Ubuntu: apt-get install chromium)"
+    fi
+fi
+
 if [[ ! -x "$VENV/bin/python" ]]; then
     log "creating virtual environment $VENV ($PYTHON)"
     "$PYTHON" -m venv "$VENV"
