@@ -298,8 +298,20 @@ def test_safe_load_reads_numpy_and_containers(tmp_path: Path, protocol: int) -> 
         ],
         (1, 2): {"judge_scores": np.array([9.0, 8.5]), "n": np.int64(7), "raw": b"\x00\xff", "s": {1, 2}},
         "f": frozenset({"a"}),
+        "arrays": (
+            np.array([True, False]),
+            np.arange(6, dtype=">f4").reshape(2, 3),
+            np.asfortranarray(np.arange(6, dtype=np.uint16).reshape(2, 3)),
+            np.zeros((0, 3), np.int8),
+        ),
+        "dtype": np.dtype("<i4"),
     }
     loaded = safe_load(_dump(tmp_path / "ok.pkl", obj, protocol), encoding="latin1")
+    as_numpy_loads = pickle.loads(pickle.dumps(obj["arrays"], protocol))  # '>f4' comes back native < 5
+    for got, want in zip(loaded["arrays"], as_numpy_loads, strict=True):
+        assert type(got) is np.ndarray and got.dtype == want.dtype and np.array_equal(got, want)
+        assert got.flags.f_contiguous == want.flags.f_contiguous
+    assert type(loaded[("01", 1)][3]) is np.ndarray and loaded["dtype"] == np.dtype("<i4")
     assert loaded[("01", 1)][:3] == ["407c", 88.0, 3.2]
     assert loaded[("01", 1)][3].dtype == np.int64 and loaded[("01", 1)][3].tolist() == [2, 34]
     assert loaded[("01", 1)][4].tolist() == list(range(85))
