@@ -23,8 +23,8 @@ log = logging.getLogger("hpmcore")
 def _inspect(args: argparse.Namespace) -> int:
     from hpmcore.data.inspect import format_summary, read_dataset, summarize
 
-    table, problems = read_dataset(args.format, args.paths)
-    summary = summarize(table, problems)
+    table, problems, bad_transitions = read_dataset(args.format, args.paths)
+    summary = summarize(table, problems, bad_transitions)
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else format_summary(summary))
     return 0
 

@@ -86,6 +86,10 @@ class DataConfig:
     """Dataset root folder (relative to the project or absolute)."""
     val_fraction: float = 0.1
     """Fraction of train carved out as validation, stratified by dive number (spec §11.4)."""
+    bad_transitions: Literal["keep", "skip", "fail"] = "keep"
+    """A dive whose step labels cannot be used (e.g. FineDiving's ``steps_transit_frames`` with ``-1``):
+    ``keep`` it for scoring with null transitions (left out of ``L_tas`` and tIoU/AIoU), ``skip`` it
+    (dropped from the dataset), or ``fail`` (``prepare`` stops naming the file and keys)."""
 
     def root_path(self, project_dir: Path) -> Path:
         """``root`` as a path: relative roots are taken relative to ``project_dir``."""

@@ -66,7 +66,8 @@ def _row(video: str, index: int, path: str, start: int, end: int, dn: str, dd: f
 ROWS = [
     _row("vidA", 1, "videos/a.mp4", 3, 20, "407c", 3.2, 88.0, [9.5, 9.0, 9.5, 9.0, 8.5, 9.5, 8.5],
          [4, 10], [4] * 5 + [25] * 6 + [36] * 7, "train"),
-    _row("vidA", 2, "videos/a.mp4", 22, 39, "105b", 2.0, 48.0, [8.0] * 7, [2], [1] * 3 + [36] * 15, "val"),
+    _row("vidA", 2, "videos/a.mp4", 22, 39, "105b", 2.0, 48.0, [8.0] * 7,
+         [2, 8], [1] * 3 + [20] * 6 + [36] * 9, "val"),
     _row("vidB", 1, "videos/b.mp4", 0, 24, "5253b", 3.2, 75.2, [], [], [], "test"),  # no labels, no judges
 ]  # fmt: skip
 
@@ -138,7 +139,7 @@ def test_exported_pickles_have_the_real_files_types(exported: Path) -> None:
         25: "sub-action 25",
         36: "sub-action 36",
     }
-    assert fine[("vidA", 2)]["steps_transit_frames"].tolist() == [2]
+    assert fine[("vidA", 2)]["steps_transit_frames"].tolist() == [2, 8]
     assert coarse[("vidA", 2)] == {
         "action_type": "105b",
         "start_frame": 22,

@@ -214,9 +214,14 @@ def test_frame_folder_gives_start_and_end(fd_root: Path) -> None:
     assert (rows[f"{SYNCHRO}/1"]["start_frame"], rows[f"{SYNCHRO}/1"]["end_frame"]) == (3000, 3100)
     assert (rows["01/1"]["start_frame"], rows["01/1"]["end_frame"]) == (7377, 7461)  # no folder: coarse
 
-    (folder / "03101.jpg").touch()  # now 102 frames for 101 labels
-    with pytest.raises(DatasetError, match=r"fine-grained_annotation_aqa\.pkl.*101 frames_labels"):
-        read_finediving([fd_root])
+    (folder / "03101.jpg").touch()  # now 102 frames for 101 labels: kept, transitions missing
+    bad: dict[str, str] = {}
+    rows = {r["id"]: r for r in read_finediving([fd_root], bad_transitions=bad).to_pylist()}
+    assert rows[f"{SYNCHRO}/1"]["transitions"] is None and rows[f"{SYNCHRO}/1"]["frame_labels"] is None
+    assert list(bad) == [f"{SYNCHRO}/1"]
+    assert re.search(
+        r"fine-grained_annotation_aqa\.pkl: key .*: 101 frames_labels for 102 frames", bad[f"{SYNCHRO}/1"]
+    )
 
 
 def test_explicit_files_and_root_from_annotations_folder(fd_root: Path) -> None:
@@ -583,8 +588,9 @@ def test_fina_scores_reproduce_the_real_examples() -> None:
 
 
 def test_inspect_finediving(fd_root: Path) -> None:
-    table, problems = read_dataset("finediving", [fd_root])
-    summary = summarize(table, problems)
+    table, problems, bad = read_dataset("finediving", [fd_root])
+    assert bad == {}
+    summary = summarize(table, problems, bad)
     assert summary["num_dives"] == 6
     assert summary["splits"] == {"train": 4, "val": 0, "test": 2}
     assert summary["dive_numbers"] == {"407c": 3, "207b": 1, "207c": 1, "5253b": 1}
@@ -593,6 +599,7 @@ def test_inspect_finediving(fd_root: Path) -> None:
     assert summary["final_score"] == {"min": 65.88, "max": 88.0}
     assert summary["num_frames"] == {"min": 60, "max": 102}
     assert summary["dives_with_step_labels"] == 6
+    assert summary["dives_without_transitions"] == 0 and summary["bad_transitions"] == []
     found = summary["problems"]
     assert len(found) == 2, found  # every score is consistent with its judges
     assert "dropped" in found[0]
@@ -611,7 +618,7 @@ def test_inspect_finediving(fd_root: Path) -> None:
 
 def test_inspect_mtl_aqa_and_canonical(tmp_path: Path) -> None:
     root = write_mtl_aqa(tmp_path / "m", train=[(1, 1), (26, 4)], test=[(18, 67)])
-    table, problems = read_dataset("mtl-aqa", [root])
+    table, problems, _ = read_dataset("mtl-aqa", [root])
     assert problems == ["1 annotation key(s) are in no split and were dropped: (1, 2)"]
     summary = summarize(table, problems)
     assert summary["judges_per_dive"] == {"7": 3} and summary["dives_with_step_labels"] == 0
@@ -620,8 +627,8 @@ def test_inspect_mtl_aqa_and_canonical(tmp_path: Path) -> None:
 
     write_parquet(table, tmp_path / "canon" / "annotations.parquet")
     for path in (tmp_path / "canon", tmp_path / "canon" / "annotations.parquet"):
-        again, found = read_dataset("canonical", [path])
-        assert again.equals(table) and found == []
+        again, found, bad = read_dataset("canonical", [path])
+        assert again.equals(table) and found == [] and bad == {}
     with pytest.raises(DatasetError, match="annotation table not found"):
         read_dataset("canonical", [tmp_path])
     with pytest.raises(ValueError, match="unknown dataset format"):

@@ -19,11 +19,22 @@ dive_number        string              FINA dive number, position letter lower-c
 difficulty         float64             degree of difficulty (DD)
 judge_scores       list<float64>       the judges' marks (empty when the source has none)
 final_score        float64             the official dive score
-transitions        list<int64>         last frame of each step, 0-based within the dive (empty
-                                       when the source has no step labels, e.g. MTL-AQA)
-frame_labels       list<int64>         one sub-action id per frame of the dive (empty when absent)
+transitions        list<int64>         last frame of each step, 0-based within the dive, strictly
+                                       increasing (empty when the source has no step labels, e.g.
+                                       MTL-AQA; null when they are unusable, see below)
+frame_labels       list<int64>         one sub-action id per frame of the dive (empty when absent,
+                                       null together with ``transitions``)
 split              string              ``"train"``, ``"val"`` or ``"test"``
 =================  ==================  ==========================================================
+
+**Missing transitions.** A dive whose source gives step labels that cannot be used — a
+``steps_transit_frames`` value outside the dive (FineDiving has ``-1`` in 4 of its 3,000 records),
+unsorted or fewer than two values, ``frames_labels`` of the wrong length or with fewer than three
+distinct steps (spec §5.2 needs three for its two transitions) — keeps its row with ``transitions``
+and ``frame_labels`` both **null** (:func:`step_label_problem` says why; ``prepare`` applies
+``data.bad_transitions``). Consumers treat null as "no ground-truth transitions": no ``L_tas`` term in
+training, not counted in tIoU/AIoU; the score is still used. ``[]`` means the source has no step
+labels at all (the same consequence, but not a data error).
 
 Skeleton table, one row per (dive, frame, joint) (``SKELETON_SCHEMA``): ``id``, ``frame`` (0-based
 within the dive), ``joint`` (0..15, MPII order of spec §1.4), ``x``, ``y`` (pixels of the source video
@@ -32,6 +43,7 @@ frame, origin at the top-left corner, x to the right, y down) and ``confidence``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -73,8 +85,8 @@ ANNOTATION_SCHEMA = pa.schema(
         pa.field("difficulty", pa.float64(), nullable=False),
         pa.field("judge_scores", pa.list_(pa.float64()), nullable=False),
         pa.field("final_score", pa.float64(), nullable=False),
-        pa.field("transitions", pa.list_(pa.int64()), nullable=False),
-        pa.field("frame_labels", pa.list_(pa.int64()), nullable=False),
+        pa.field("transitions", pa.list_(pa.int64()), nullable=True),
+        pa.field("frame_labels", pa.list_(pa.int64()), nullable=True),
         pa.field("split", pa.string(), nullable=False),
     ]
 )
@@ -106,6 +118,29 @@ def normalize_dive_number(value: str) -> str:
     if not text:
         raise ValueError("empty dive number")
     return text[:-1] + text[-1].lower() if text[-1].isalpha() else text
+
+
+def step_label_problem(transitions: Sequence[int], labels: Sequence[int], num_frames: int) -> str | None:
+    """Why a dive's step labels cannot be used (see "Missing transitions" above), or ``None``.
+
+    Args:
+        transitions: the last frame of each step, 0-based in the dive (FineDiving's
+            ``steps_transit_frames``).
+        labels: one step id per frame of the dive (``frames_labels``); both empty: no step labels.
+        num_frames: frames of the dive.
+    """
+    if not labels:
+        return f"steps_transit_frames {list(transitions)} but no frames_labels" if transitions else None
+    if len(labels) != num_frames:
+        return f"{len(labels)} frames_labels for {num_frames} frames"
+    steps = len(set(labels))
+    if steps < 3:
+        return f"frames_labels have {steps} distinct step(s); two transitions need 3"
+    if len(transitions) < 2 or list(transitions) != sorted(set(transitions)):
+        return f"steps_transit_frames {list(transitions)} are not two or more increasing frames"
+    if transitions[0] < 0 or transitions[-1] >= num_frames:
+        return f"steps_transit_frames {list(transitions)} outside the dive's frames 0..{num_frames - 1}"
+    return None
 
 
 def annotation_table(rows: list[dict]) -> pa.Table:
@@ -150,22 +185,46 @@ def validate_annotations(table: pa.Table, source: str = "annotation table") -> N
                 f"{source}: dive {rid!r} has num_frames={n} but frames "
                 f"{row['start_frame']}..{row['end_frame']}"
             )
-        labels = row["frame_labels"]
+        labels, transitions = row["frame_labels"], row["transitions"]
+        if (labels is None) != (transitions is None):
+            raise DatasetError(f"{source}: dive {rid!r} has null transitions or frame_labels, not both")
+        if labels is None:
+            continue  # unusable step labels, marked missing
         if labels and len(labels) != n:
             raise DatasetError(f"{source}: dive {rid!r} has {len(labels)} frame labels for {n} frames")
-        transitions = row["transitions"]
         if any(not 0 <= t < n for t in transitions) or transitions != sorted(set(transitions)):
             raise DatasetError(
                 f"{source}: dive {rid!r} has transitions {transitions} outside 0..{n - 1} or unsorted"
             )
 
 
-def read_annotations(path: Path) -> pa.Table:
+def read_annotations(path: Path, bad_transitions: dict[str, str] | None = None) -> pa.Table:
     """Read and validate a canonical annotation Parquet file.
+
+    Args:
+        path: the file (tables written before ``transitions``/``frame_labels`` became nullable are
+            read as well).
+        bad_transitions: if given, a dataset being imported: dives whose step labels cannot be used
+            (:func:`step_label_problem`) get null ``transitions``/``frame_labels`` instead of failing,
+            and ``id → "<path>: dive <id>: <reason>"`` is added here for them (and for dives already
+            null). Without it (a pipeline table) any such dive is an error.
 
     Raises:
         DatasetError: if the file is missing, unreadable or violates the canonical schema.
     """
     table = read_parquet(path, DatasetError, "annotation table not found").replace_schema_metadata(None)
+    if [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in ANNOTATION_SCHEMA]:
+        table = table.cast(ANNOTATION_SCHEMA)  # only nullability differs (tables of earlier versions)
+    if bad_transitions is not None and table.schema.equals(ANNOTATION_SCHEMA):
+        rows = table.to_pylist()
+        for row in rows:
+            if row["transitions"] is None or row["frame_labels"] is None:
+                reason = "transitions missing"
+            else:
+                reason = step_label_problem(row["transitions"], row["frame_labels"], row["num_frames"])
+            if reason is not None:
+                bad_transitions[row["id"]] = f"{path}: dive {row['id']!r}: {reason}"
+                row["transitions"] = row["frame_labels"] = None
+        table = pa.Table.from_pylist(rows, schema=ANNOTATION_SCHEMA)
     validate_annotations(table, source=str(path))
     return table

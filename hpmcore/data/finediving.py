@@ -38,10 +38,20 @@ from hpmcore.data.canonical import (
     annotation_table,
     dive_id,
     normalize_dive_number,
+    step_label_problem,
     validate_annotations,
 )
 from hpmcore.data.safe_pickle import safe_load
-from hpmcore.data.split_files import as_float, as_int, assign_splits, few, report, report_unsplit, where
+from hpmcore.data.split_files import (
+    as_float,
+    as_int,
+    assign_splits,
+    few,
+    report,
+    report_bad_transitions,
+    report_unsplit,
+    where,
+)
 from hpmcore.io import atomic_path
 
 ANNOTATIONS_DIR = "Annotations"
@@ -345,7 +355,9 @@ def _frame_numbers(folder: Path) -> list[int] | None:
 # Reader.
 
 
-def read_finediving(paths: Sequence[Path], problems: list[str] | None = None) -> pa.Table:
+def read_finediving(
+    paths: Sequence[Path], problems: list[str] | None = None, bad_transitions: dict[str, str] | None = None
+) -> pa.Table:
     """Read FineDiving annotations into the canonical annotation table.
 
     Args:
@@ -359,7 +371,12 @@ def read_finediving(paths: Sequence[Path], problems: list[str] | None = None) ->
             reported as problems. The dataset root for frame folders is the directory argument, or
             else the folder holding the first annotation file (its parent if it is ``Annotations``).
         problems: if given, soft problems are appended to it (annotation keys in no split, which
-            are dropped; disagreeing sources; frame folders with gaps); they are also logged.
+            are dropped; disagreeing sources; frame folders with gaps; dives with unusable step
+            labels; ``steps_transit_frames`` that differ from where ``frames_labels`` change); they
+            are also logged.
+        bad_transitions: if given, ``dive id → "<file>: key <key>: <reason>"`` is added for each dive
+            whose step labels cannot be used (:func:`~hpmcore.data.canonical.step_label_problem`):
+            such a dive is kept with null ``transitions`` and ``frame_labels``, never an error.
 
     Rows follow the annotation file's key order. ``video_path`` is
     ``FINADiving_MTL_256s/<video_name>/<dive_index>`` (relative to the root, whether or not the
@@ -367,10 +384,12 @@ def read_finediving(paths: Sequence[Path], problems: list[str] | None = None) ->
     of the first and last ``.jpg`` in that folder (spec §1.1: the folder holds exactly the dive);
     else the coarse file's ``start_frame``/``end_frame`` (broadcast frame numbers); else
     ``0 .. len(frame_labels) - 1``. ``split`` is ``"train"``/``"test"`` from the split files.
+    ``transitions`` are ``steps_transit_frames`` as given; training derives its ground truth from
+    ``frame_labels`` (spec §5.2), as the reference does.
 
     Raises:
         DatasetError: naming the file (and key) for a missing or malformed file, a split key that
-            no annotation file has, a key in both splits, or labels that do not fit the frames.
+            no annotation file has, or a key in both splits.
     """
     files = _locate(paths)
     fine: dict[Key, _Fine] = {}
@@ -411,11 +430,29 @@ def read_finediving(paths: Sequence[Path], problems: list[str] | None = None) ->
     split_of = assign_splits(files.splits, read_split_pickle, order, "is in no annotation file", problems)
     report_unsplit(list(order), split_of, problems)
 
-    rows = []
+    rows, bad, disagree = [], {}, []
     for key in order:
         if key in split_of:
-            rows.append(_row(key, fine.get(key), coarse.get(key), split_of[key], files.root, problems))
+            rows.append(_row(key, fine.get(key), coarse.get(key), split_of[key], files.root, problems, bad))
+            labels, transitions = rows[-1]["frame_labels"], rows[-1]["transitions"]
+            if labels and transitions != _step_ends(labels):
+                disagree.append(f"{key!r} ({transitions} vs {_step_ends(labels)})")
+    report_bad_transitions(problems, bad)
+    if disagree:
+        report(
+            problems,
+            f"{len(disagree)} dive(s) have steps_transit_frames other than the last frames of their "
+            f"frames_labels steps (kept; training uses frames_labels, spec §5.2): "
+            + few(disagree, quote=False),
+        )
+    if bad_transitions is not None:
+        bad_transitions.update(bad)
     return annotation_table(rows)
+
+
+def _step_ends(labels: list[int]) -> list[int]:
+    """The last frame of every step but the final one: where ``labels`` change, minus one."""
+    return [i for i in range(len(labels) - 1) if labels[i] != labels[i + 1]]
 
 
 def _compare(
@@ -432,7 +469,13 @@ def _compare(
 
 
 def _row(
-    key: Key, fine: _Fine | None, coarse: _Coarse | None, split: str, root: Path, problems: list[str] | None
+    key: Key,
+    fine: _Fine | None,
+    coarse: _Coarse | None,
+    split: str,
+    root: Path,
+    problems: list[str] | None,
+    bad: dict[str, str],
 ) -> dict:
     video_name, dive_index = key
     rel = Path(FRAMES_DIR, video_name, str(dive_index))
@@ -453,19 +496,14 @@ def _row(
     if numbers == []:
         report(problems, f"{root / rel}: frame folder has no .jpg files; frames from {frames_from}")
     n = end - start + 1
-    transitions = fine.transitions if fine else []
-    labels = fine.frame_labels if fine else []
-    if fine is not None and labels and len(labels) != n:
-        raise DatasetError(
-            f"{where(fine.source, key)}: {len(labels)} frames_labels but frames {start}..{end} ({n}) "
-            f"from {frames_from}"
-        )
-    if fine is not None and (
-        any(not 0 <= t < n for t in transitions) or transitions != sorted(set(transitions))
-    ):
-        raise DatasetError(
-            f"{where(fine.source, key)}: steps_transit_frames {transitions} unsorted or outside 0..{n - 1}"
-        )
+    transitions: list[int] | None = fine.transitions if fine else []
+    labels: list[int] | None = fine.frame_labels if fine else []
+    reason = step_label_problem(transitions, labels, n) if fine is not None else None
+    if fine is not None and reason is not None:
+        if labels and len(labels) != n:
+            reason += f" (frames {start}..{end} from {frames_from})"
+        bad[dive_id(video_name, dive_index)] = f"{where(fine.source, key)}: {reason}"
+        transitions = labels = None
     main = fine if fine is not None else coarse
     assert main is not None  # every key comes from a fine-grained or a coarse file
     return {
@@ -575,7 +613,8 @@ def export_finediving(
     ``[dive_number, score, DD, int64 array, int64 array]``; the fine-grained dict adds
     ``sub-action_types`` (``{id: "sub-action <id>"}``; canonical tables carry no names); the coarse
     dict has ``start_frame``/``end_frame`` = the canonical frames and ``judge_scores`` a list.
-    ``train_split.pkl`` lists the train and val dives, ``test_split.pkl`` the test dives.
+    ``train_split.pkl`` lists the train and val dives, ``test_split.pkl`` the test dives. A dive whose
+    transitions are missing (null) is written without step labels (empty arrays).
 
     Frames ``start_frame .. end_frame`` of ``dataset_root / video_path`` (an mp4, decoded with PyAV,
     or a folder of ``<frame>.jpg``) go to ``FINADiving_MTL_256s/<video_name>/<dive_index>/<frame:05d>.jpg``
@@ -600,8 +639,8 @@ def export_finediving(
         splits: dict[str, list[Key]] = {"train": [], "test": []}
         for row in rows:
             key = (str(row["video_name"]), int(row["dive_index"]))
-            transits = np.asarray(row["transitions"], dtype=np.int64)
-            labels = np.asarray(row["frame_labels"], dtype=np.int64)
+            transits = np.asarray(row["transitions"] or [], dtype=np.int64)  # null (missing) → none
+            labels = np.asarray(row["frame_labels"] or [], dtype=np.int64)
             aqa[key] = [
                 row["dive_number"],
                 float(row["final_score"]),
@@ -615,9 +654,7 @@ def export_finediving(
                 "difficulty": float(row["difficulty"]),
                 "steps_transit_frames": transits.copy(),
                 "frames_labels": labels.copy(),
-                "sub-action_types": {
-                    int(i): f"sub-action {int(i)}" for i in dict.fromkeys(row["frame_labels"])
-                },
+                "sub-action_types": {int(i): f"sub-action {int(i)}" for i in dict.fromkeys(labels.tolist())},
             }
             coarse[key] = {
                 "action_type": row["dive_number"],

@@ -6,15 +6,16 @@ Backs ``hpmcore data inspect --format F PATH… [--json]``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 
 from hpmcore.data.canonical import SPLITS, DatasetError, read_annotations
 from hpmcore.data.finediving import read_finediving
 from hpmcore.data.mtl_aqa import read_mtl_aqa
+from hpmcore.data.split_files import report_bad_transitions
 
 DatasetFormat = Literal["finediving", "mtl-aqa", "canonical"]
 SCORE_TOLERANCE = 0.05
@@ -22,7 +23,18 @@ SCORE_TOLERANCE = 0.05
 MAX_LISTED = 10
 
 
-def read_dataset(fmt: DatasetFormat, paths: Sequence[Path]) -> tuple[pa.Table, list[str]]:
+class DatasetRead(NamedTuple):
+    """What :func:`read_dataset` gives."""
+
+    table: pa.Table
+    """The canonical annotation table."""
+    problems: list[str]
+    """Soft problems the reader reported (e.g. dropped keys, dives with unusable step labels)."""
+    bad_transitions: dict[str, str]
+    """Dive id → ``"<file>: key …: <reason>"`` for the dives kept with missing (null) transitions."""
+
+
+def read_dataset(fmt: DatasetFormat, paths: Sequence[Path]) -> DatasetRead:
     """Read a dataset into the canonical annotation table.
 
     Args:
@@ -30,28 +42,31 @@ def read_dataset(fmt: DatasetFormat, paths: Sequence[Path]) -> tuple[pa.Table, l
             ``"canonical"`` (one ``annotations.parquet`` or a folder containing it).
         paths: the inputs.
 
-    Returns:
-        The table and the soft problems the reader reported (e.g. dropped keys).
+    One bad record never makes a dataset unreadable because of its step labels: such a dive is kept
+    with null transitions and listed in ``bad_transitions`` (``prepare`` then applies
+    ``data.bad_transitions``).
 
     Raises:
         DatasetError: unreadable or malformed input.
         ValueError: unknown format.
     """
     problems: list[str] = []
+    bad: dict[str, str] = {}
     paths = [Path(p) for p in paths]
     match fmt:
         case "finediving":
-            table = read_finediving(paths, problems)
+            table = read_finediving(paths, problems, bad)
         case "mtl-aqa":
             table = read_mtl_aqa(paths, problems)
         case "canonical":
             if len(paths) != 1:
                 raise DatasetError(f"canonical format takes one path (file or folder), got {len(paths)}")
             path = paths[0] / "annotations.parquet" if paths[0].is_dir() else paths[0]
-            table = read_annotations(path)
+            table = read_annotations(path, bad_transitions=bad)
+            report_bad_transitions(problems, bad)
         case _:
             raise ValueError(f"unknown dataset format {fmt!r}; expected finediving, mtl-aqa or canonical")
-    return table, problems
+    return DatasetRead(table, problems, bad)
 
 
 def fina_scores(judges: Sequence[float], difficulty: float) -> list[float]:
@@ -82,12 +97,16 @@ def _range(values: list[float] | list[int]) -> dict[str, Any]:
     return {"min": min(values), "max": max(values)} if values else {"min": None, "max": None}
 
 
-def summarize(table: pa.Table, problems: Sequence[str]) -> dict:
+def summarize(
+    table: pa.Table, problems: Sequence[str], bad_transitions: Mapping[str, str] | None = None
+) -> dict:
     """Counts, value ranges and problems of a canonical annotation table (JSON-serialisable).
 
     Checks added to ``problems``: final scores that no FINA rule reproduces from 7/5/3 judges and
     the DD (tolerance :data:`SCORE_TOLERANCE`); completeness (score / DD) outside [0, 30]; test
-    dive numbers absent from train; dives without step labels.
+    dive numbers absent from train; dives without step labels. ``bad_transitions`` (dive id →
+    reason, from :func:`read_dataset`) is listed as ``bad_transitions`` (``[{"id", "reason"}]``);
+    ``dives_without_transitions`` counts the table's dives whose transitions are null.
     """
     rows = table.to_pylist()
     found = list(problems)
@@ -115,7 +134,7 @@ def summarize(table: pa.Table, problems: Sequence[str]) -> dict:
     unseen = sorted({r["dive_number"] for r in rows if r["split"] == "test"} - train_numbers)
     if unseen:
         found.append(f"{len(unseen)} test dive number(s) absent from train: {_listing(unseen)}")
-    unlabelled = [r["id"] for r in rows if not r["frame_labels"]]
+    unlabelled = [r["id"] for r in rows if r["frame_labels"] == []]
     if unlabelled:
         found.append(
             f"{len(unlabelled)} dive(s) have no step labels (no segmentation supervision): "
@@ -131,7 +150,9 @@ def summarize(table: pa.Table, problems: Sequence[str]) -> dict:
         "final_score": _range([r["final_score"] for r in rows]),
         "num_frames": _range([r["num_frames"] for r in rows]),
         "judges_per_dive": {str(n): c for n, c in sorted(judges.items())},
-        "dives_with_step_labels": len(rows) - len(unlabelled),
+        "dives_with_step_labels": sum(1 for r in rows if r["frame_labels"]),
+        "dives_without_transitions": sum(1 for r in rows if r["transitions"] is None),
+        "bad_transitions": [{"id": i, "reason": reason} for i, reason in (bad_transitions or {}).items()],
         "problems": found,
     }
 
@@ -151,7 +172,12 @@ def format_summary(summary: dict) -> str:
         f"frames per dive:  {frames['min']} .. {frames['max']}",
         "judges per dive:  "
         + (", ".join(f"{n} judges × {c}" for n, c in summary["judges_per_dive"].items()) or "-"),
-        f"step labels:      {summary['dives_with_step_labels']} of {summary['num_dives']} dives",
+        f"step labels:      {summary['dives_with_step_labels']} of {summary['num_dives']} dives"
+        + (
+            f" ({summary['dives_without_transitions']} with unusable ones: transitions missing)"
+            if summary["dives_without_transitions"]
+            else ""
+        ),
     ]
     problems = summary["problems"]
     lines.append(f"problems:         {len(problems) or 'none'}")

@@ -104,3 +104,13 @@ def report_unsplit(keys: Sequence[Any], split_of: Container[Any], problems: list
     dropped = [key for key in keys if key not in split_of]
     if dropped:
         report(problems, f"{len(dropped)} annotation key(s) are in no split and were dropped: {few(dropped)}")
+
+
+def report_bad_transitions(problems: list[str] | None, bad: Mapping[str, str]) -> None:
+    """Report the dives whose step labels are unusable (kept with missing transitions), one line."""
+    if bad:
+        report(
+            problems,
+            f"{len(bad)} dive(s) have unusable step labels (kept, transitions missing; prepare applies "
+            f"data.bad_transitions): " + few(list(bad.values()), quote=False),
+        )
