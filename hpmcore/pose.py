@@ -69,15 +69,18 @@ GCN's input BatchNorm) or ``frame``.
 ``width`` and ``height`` as metadata. Its key is the SHA-256 (:func:`hpmcore.extract.digest`) of
 
 * the dive's input: the content hash of its video (both backends read the frame size from it; taken
-  from the decode manifest when given) and its frame range, plus, for ``annotations``, the content
+  from the decode manifest when given), its frame range and its sampled frame numbers (the decode
+  manifest's ``indices``), plus, for ``annotations``, the content
   of its skeleton rows (``skeletons``: the dive's rows, in (frame, joint) order, so reordering the
   file changes nothing) or the SHA-256 of its ``.npz`` / ``.json`` file;
-* T and ``decode.min_source_frames``; the annotation ``source``, or for ``mmpose`` the SHA-256 of the
+* T (the sampled frames are those of the frame range and T); the annotation ``source``, or for ``mmpose``
+  the SHA-256 of the
   model config and checkpoint (``random-init`` without one), of the detector's, the box and score
   params and the mmpose / mmdet / torch versions;
 * :data:`POSE_CACHE_VERSION` (see "Cache versions" in :mod:`hpmcore.extract`).
 
-Not in the key: ``normalize`` (recorded in the table's metadata, the stored pixels do not change),
+Not in the key: ``decode.min_source_frames`` (it decides which dives decode keeps, not a skeleton),
+``normalize`` (recorded in the table's metadata, the stored pixels do not change),
 ``device``, ``trust_checkpoint``, ``on_error``, and the paths themselves (entries stay valid when the
 dataset moves). The table is rebuilt from the entries, in dive order, on every run.
 """
@@ -400,7 +403,6 @@ def extract_pose(
         "stage": "pose",
         "version": POSE_CACHE_VERSION,
         "num_frames": num_frames,
-        "min_source_frames": decode_cfg.min_source_frames,
         **backend.key_params(),
     }
     hashes: dict[Path, str | ItemError] = {}
@@ -428,7 +430,17 @@ def extract_pose(
         except (ItemError, DatasetError) as exc:
             items.append(Item(row["id"], source, None, payload, error=str(exc)))
             continue
-        key = digest({**fixed, "source": h, "start_frame": start, "end_frame": end, "input": input_hash})
+        frames = expected if expected is not None else start + linspace_indices(start, end, num_frames)
+        key = digest(
+            {
+                **fixed,
+                "video": h,
+                "start_frame": start,
+                "end_frame": end,
+                "frames": [int(f) for f in frames],
+                "input": input_hash,
+            }
+        )
         items.append(Item(row["id"], source, key, payload))
 
     def pose_one(item: Item) -> Entry:
