@@ -6,12 +6,13 @@ Usage: ``python benchmarks/extraction.py [--videos DIR] [--num-videos 24] [--siz
 * **Decoders** (every frame of every video, RGB uint8 in memory): decord ``VideoReader.get_batch`` at
   the native size and resized in the decoder, PyAV (``frame.to_ndarray("rgb24")``), OpenCV
   (``VideoCapture`` + BGR→RGB) when importable, and the decode stage's own path
-  (:func:`hpmcore.video.decode_dive`: T sampled frames resized to the decode size).
+  (:func:`hpmcore.extraction.video.decode_dive`: T sampled frames resized to the decode size).
 * **Encoders** (random init, eval, ``inference_mode``, fp32): I3D clips/s on 16-frame clips and RegNetY-002
   frames/s at each size, in the default layout and channels-last (the layout the features stage uses);
   FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``.
-* **Features stage**: :func:`hpmcore.features.encode_batch` on a batch of decoded videos at the decode
-  size (as the stage runs it), its GFLOP/s, and a 2048² fp32 matmul's GFLOP/s with the same threads.
+* **Features stage**: :func:`hpmcore.extraction.features.encode_batch` on a batch of decoded videos at
+  the decode size (as the stage runs it), its GFLOP/s, and a 2048² fp32 matmul's GFLOP/s with the same
+  threads.
 
 Times are the best of ``--repeats`` runs after a warm-up. The videos default to ``data/synth/videos``
 (the embedded dataset, ``dvc repro synth``) or, when absent, a small synthetic set generated here.
@@ -32,10 +33,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from hpmcore.config import DecodeConfig, FeaturesConfig, SynthConfig
-from hpmcore.features import build_feature_encoders, encode_batch
+from hpmcore.extraction.features import build_feature_encoders, encode_batch
+from hpmcore.extraction.video import decode_dive, probe
 from hpmcore.models.i3d import build_i3d_encoder
 from hpmcore.models.static import build_static_encoder
-from hpmcore.video import decode_dive, probe
 
 
 def best_time(fn: Callable[[], object], repeats: int) -> float:

@@ -33,7 +33,7 @@ from prefect.runtime import flow_run
 import hpmcore
 from flows.settings import PROJECT_DIR, state_dir
 from hpmcore.config import Params, flatten, load_params, params_to_dict
-from hpmcore.extract import FAILURES, MANIFEST
+from hpmcore.extraction.cache import FAILURES, MANIFEST
 from hpmcore.models.export import PairScorer
 from hpmcore.runs import CHECKPOINTS, build_model
 from hpmcore.tracking import mlflow as tracking

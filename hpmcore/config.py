@@ -76,6 +76,13 @@ class SynthConfig:
             raise ConfigError(f"synth.fps must be > 0, got {self.fps}")
 
 
+def project_path(path: str | Path, project_dir: Path) -> Path:
+    """A path from ``params.yaml``: absolute as it is, relative to ``project_dir`` (the folder of the
+    parameter file) otherwise."""
+    path = Path(path)
+    return path if path.is_absolute() else Path(project_dir) / path
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset the ``prepare`` stage indexes into the canonical table, and how it is split."""
@@ -130,7 +137,7 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class PoseConfig:
-    """Skeleton extraction (stage ``pose``, library :mod:`hpmcore.pose`) at the decode stage's T frames."""
+    """Skeleton extraction (stage ``pose``, :mod:`hpmcore.extraction.pose`) at decode's T frames."""
 
     backend: Literal["annotations", "mmpose"] = "annotations"
     """``annotations``: import existing skeletons; ``mmpose``: top-down estimation on the video frames."""
@@ -191,7 +198,7 @@ class PoseConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
-    """Cached encoder features (stage ``features``, library :mod:`hpmcore.features`) of the decoded frames.
+    """Cached encoder features (stage ``features``, :mod:`hpmcore.extraction.features`) of decoded frames.
 
     Per video: I3D on overlapping clips → ``(num_clips, 1024)`` (spec §2.3) and RegNetY-002 per frame
     (no temporal module) → ``(T, 368)`` (spec §3.1).

@@ -28,10 +28,11 @@ from hpmcore.baselines import default_variants, run_comparison
 from hpmcore.config import ConfigError, Params
 from hpmcore.data.canonical import DatasetError, read_annotations
 from hpmcore.evaluate import Evaluation, FeatureBank, FeatureBankError, evaluate_model, json_safe
-from hpmcore.extract import DECODE_MANIFEST_SCHEMA, MANIFEST, read_manifest
+from hpmcore.extraction.cache import MANIFEST, read_manifest
+from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
+from hpmcore.extraction.pose.table import SKELETONS
 from hpmcore.io import read_parquet
 from hpmcore.models.hpmcore import HPMCoRe, build_hpmcore
-from hpmcore.pose import SKELETONS
 from hpmcore.train import BEST, TrainResult, load_checkpoint, load_feature_bank, train
 
 __all__ = [

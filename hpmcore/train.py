@@ -69,15 +69,15 @@ from hpmcore.evaluate import (
     plan_evaluation,
     stack_videos,
 )
-from hpmcore.extract import MANIFEST, read_manifest
-from hpmcore.features import FEATURES_MANIFEST_SCHEMA, load_features
+from hpmcore.extraction.cache import MANIFEST, read_manifest
+from hpmcore.extraction.features import FEATURES_MANIFEST_SCHEMA, load_features
+from hpmcore.extraction.pose.table import dive_skeletons, normalize_skeleton, pose_metadata
 from hpmcore.io import atomic_path
 from hpmcore.losses import LossTerms
 from hpmcore.metrics import rho_for_selection
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.hpmcore import HPMCoRe, VideoInputs, pair_losses
 from hpmcore.models.segmentation import gt_transitions
-from hpmcore.pose import dive_skeletons, normalize_skeleton, pose_metadata
 from hpmcore.runtime import derive_seed, resolve_device, seed_everything
 
 __all__ = [
@@ -639,7 +639,7 @@ def load_feature_bank(
             dive's ``frame_labels`` from which the ground-truth transitions are computed (spec §5.2), and
             its keys must be the ones the features were computed from.
         skeletons: the pose stage's sampled skeleton table, normalised as its metadata says
-            (:func:`hpmcore.pose.normalize_skeleton`) → ``(2, T, 16, 1)``; ``None``: no pose (a model
+            (:func:`normalize_skeleton`) → ``(2, T, 16, 1)``; ``None``: no pose (a model
             with the skeleton branch then fails naming the first video).
         drop_missing: leave dives without features (or without pose, when ``skeletons`` is given) out of
             the bank's table — e.g. after ``on_error: skip`` upstream — instead of failing.

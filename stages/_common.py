@@ -8,7 +8,7 @@ from pathlib import Path
 from hpmcore.config import ConfigError, Params
 from hpmcore.data.canonical import DatasetError
 from hpmcore.evaluate import FeatureBank
-from hpmcore.extract import ManifestError
+from hpmcore.extraction.cache import ManifestError
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.runs import pipeline_bank
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
 from hpmcore.data.canonical import DatasetError, read_annotations
-from hpmcore.extract import FAILURES, MANIFEST, STATS, ExtractionFailed, decode_videos
+from hpmcore.extraction.cache import FAILURES, MANIFEST, STATS, ExtractionFailed
+from hpmcore.extraction.decode import decode_videos
 from hpmcore.io import write_json, write_parquet
 from hpmcore.logs import setup_logging
 

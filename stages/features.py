@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
-from hpmcore.extract import FAILURES, MANIFEST, STATS, ExtractionFailed, ManifestError
-from hpmcore.features import extract_features
+from hpmcore.extraction.cache import FAILURES, MANIFEST, STATS, ExtractionFailed, ManifestError
+from hpmcore.extraction.features import extract_features
 from hpmcore.io import write_json, write_parquet
 from hpmcore.logs import setup_logging
 from hpmcore.models.checkpoints import CheckpointError

@@ -5,8 +5,9 @@ Usage: ``python stages/pose.py --params params.yaml --dives data/prepared/dives.
 
 Writes ``cache/<key>.safetensors`` (``xy`` (T, 16, 2), ``confidence`` (T, 16), ``source_frame`` (T,);
 incremental: only new or changed dives are computed), ``skeletons.parquet`` (the sampled skeleton
-table of :mod:`hpmcore.pose`), ``failures.parquet`` and ``stats.json`` (DVC metric) into ``--out``.
-Dives missing from the decode manifest (failed decoding) are left out. Logs ``pose: computed N,
+table of :mod:`hpmcore.extraction.pose.table`), ``failures.parquet`` and ``stats.json`` (DVC metric)
+into ``--out``. The skeletons are taken at the decode manifest's sampled frames; dives missing from
+it (failed decoding) are left out. Logs ``pose: computed N,
 reused M (...)``. Exit status 1 when a dive fails with ``pose.on_error: fail``, 2 for bad params, a
 bad dive table or decode manifest, a missing skeletons table, checkpoint or model config (nothing is
 written then).
@@ -21,19 +22,13 @@ from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
 from hpmcore.data.canonical import DatasetError, read_annotations
-from hpmcore.extract import (
-    DECODE_MANIFEST_SCHEMA,
-    FAILURES,
-    MANIFEST,
-    STATS,
-    ExtractionFailed,
-    ManifestError,
-    read_manifest,
-)
+from hpmcore.extraction.cache import FAILURES, MANIFEST, STATS, ExtractionFailed, ManifestError, read_manifest
+from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
+from hpmcore.extraction.pose.stage import extract_pose
+from hpmcore.extraction.pose.table import SKELETONS, PoseError
 from hpmcore.io import write_json, write_parquet
 from hpmcore.logs import setup_logging
 from hpmcore.models.checkpoints import CheckpointError
-from hpmcore.pose import SKELETONS, PoseError, extract_pose
 
 log = logging.getLogger("stages.pose")
 
@@ -54,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             dives,
             params.pose,
             root=params.data.root_path(args.params.parent),
-            out_dir=args.out,
-            decode_cfg=params.decode,
             decoded=decoded,
+            out_dir=args.out,
             project_dir=args.params.parent,
         )
     except (ConfigError, DatasetError, ManifestError, CheckpointError, PoseError) as exc:

@@ -21,26 +21,24 @@ from pipeline_project import PROJECT, TINY_EVAL, TINY_TRAIN, copy_pipeline, repr
 
 from hpmcore.config import DecodeConfig
 from hpmcore.data.canonical import annotation_table
-from hpmcore.extract import (
+from hpmcore.extraction.cache import (
     CACHE_DIR,
-    DECODE_MANIFEST_SCHEMA,
     FAILURE_SCHEMA,
     Entry,
     ExtractionFailed,
     Failure,
     Item,
     ItemError,
-    decode_videos,
     digest,
     failures_table,
-    load_decoded,
     load_entry,
     read_entry_meta,
     run_cached,
     save_entry,
     source_hash,
 )
-from hpmcore.video import decode_dive
+from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA, decode_videos, load_decoded
+from hpmcore.extraction.video import decode_dive
 
 SMALL = DecodeConfig(num_frames=16, width=32, height=32, min_source_frames=8)
 MAKE = Callable[..., SyntheticVideo]
@@ -126,7 +124,7 @@ def test_rerun_touch_modify_add_and_remove_recompute_only_what_changed(
     dives = _three_dives(three_videos)
 
     def run(table: Any = dives, cfg: DecodeConfig = SMALL) -> Any:
-        with caplog.at_level(logging.INFO, logger="hpmcore.extract"):
+        with caplog.at_level(logging.INFO, logger="hpmcore.extraction.cache"):
             caplog.clear()
             result = decode_videos(table, cfg, root=tmp_path, out_dir=out, progress=False)
         return result, caplog.text
@@ -426,7 +424,7 @@ TINY = {
 @pytest.mark.slow
 def test_dvc_repro_extracts_incrementally(tmp_path: Path) -> None:
     from hpmcore.data.render import write_mp4
-    from hpmcore.video import probe
+    from hpmcore.extraction.video import probe
 
     project = copy_pipeline(tmp_path / "project", **TINY)
 
@@ -523,7 +521,8 @@ def test_entry_bytes_depend_only_on_content(tmp_path: Path) -> None:
     import sys
 
     code = (
-        "import sys, torch; from pathlib import Path; from hpmcore.extract import Entry, save_entry\n"
+        "import sys, torch; from pathlib import Path\n"
+        "from hpmcore.extraction.cache import Entry, save_entry\n"
         "meta = {f'key{i}': str(i) for i in range(12)}\n"
         "tensors = {n: torch.arange(6, dtype=torch.float32) * i for i, n in enumerate('abcdef')}\n"
         "save_entry(Entry(tensors, meta), Path(sys.argv[1]))\n"

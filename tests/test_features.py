@@ -16,8 +16,9 @@ from safetensors.torch import save_file
 
 from hpmcore.config import ConfigError, DecodeConfig, FeaturesConfig
 from hpmcore.data.canonical import annotation_table
-from hpmcore.extract import ExtractionFailed, decode_videos, load_decoded, load_entry, sha256_file
-from hpmcore.features import (
+from hpmcore.extraction.cache import ExtractionFailed, load_entry, sha256_file
+from hpmcore.extraction.decode import decode_videos, load_decoded
+from hpmcore.extraction.features import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     RANDOM_INIT,
@@ -136,7 +137,7 @@ def test_rerun_reuses_and_only_changed_videos_are_recomputed(
 
     def run(cfg: FeaturesConfig = CFG) -> str:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="hpmcore.extract"):
+        with caplog.at_level(logging.INFO, logger="hpmcore.extraction.cache"):
             extract_features(decoded, cfg, out_dir=out, progress=False)
         return caplog.text
 
@@ -218,7 +219,7 @@ def test_nan_weights_are_refused_before_anything_is_written(make_video: MAKE, tm
 def test_non_finite_features_are_never_written(
     on_error: str, make_video: MAKE, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hpmcore.features as features
+    import hpmcore.extraction.features as features
 
     decoded = _decoded(tmp_path, make_video, n=3)
     real = features.encode_batch

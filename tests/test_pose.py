@@ -1,10 +1,11 @@
-"""Skeleton extraction (``hpmcore.pose``): imported annotations and mmpose top-down estimation.
+"""Skeleton extraction (``hpmcore.extraction.pose``): imported annotations and mmpose estimation.
 
 The annotation tests write skeletons whose values are a known function of (frame, joint), so a wrong
 frame, joint or interpolation fails exactly. The mmpose tests build RTMPose-t (the smallest bundled
 RTMPose) with random weights: they check the plumbing (boxes, mapping, table), not the accuracy.
-The stage tests run :func:`~hpmcore.pose.extract_pose` through the per-video cache (what is computed
-and what reused, failures) and the stage script, as the decode stage's tests do.
+Every test runs the stage (:func:`~hpmcore.extraction.pose.stage.extract_pose`) on a real decode
+manifest (the frames are decode's), through the per-video cache; the stage tests check what is
+computed and what reused, failures and the stage script, as the decode stage's tests do.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,25 +31,22 @@ from hpmcore.data.canonical import NUM_JOINTS, DatasetError, annotation_table, r
 from hpmcore.data.finediving import POSE_DIR, linspace_indices
 from hpmcore.data.render import write_mp4
 from hpmcore.data.synth import generate_dataset
-from hpmcore.extract import FAILURE_SCHEMA as EXTRACT_FAILURE_SCHEMA
-from hpmcore.extract import ExtractionFailed, ManifestError, decode_videos
-from hpmcore.models.checkpoints import CheckpointError
-from hpmcore.pose import (
-    COCO_KEYPOINTS,
-    FAILURE_SCHEMA,
-    MPII_JSON_DIR,
+from hpmcore.extraction.cache import FAILURE_SCHEMA, ExtractionFailed, ManifestError, sha256_file
+from hpmcore.extraction.decode import decode_videos
+from hpmcore.extraction.pose.annotations import MPII_JSON_DIR
+from hpmcore.extraction.pose.mmpose import COCO_KEYPOINTS, coco_to_mpii, track_box
+from hpmcore.extraction.pose.stage import extract_pose
+from hpmcore.extraction.pose.table import (
     SAMPLED_SKELETON_SCHEMA,
     SKELETONS,
     DiveSkeleton,
-    coco_to_mpii,
     dive_skeletons,
-    extract_pose,
-    extract_skeletons,
     normalize_skeleton,
     pose_metadata,
     skeleton_table,
 )
-from hpmcore.video import decode_dive, probe
+from hpmcore.extraction.video import decode_dive, probe
+from hpmcore.models.checkpoints import CheckpointError
 
 RTMPOSE_T = "body_2d_keypoint/rtmpose/coco/rtmpose-t_8xb256-420e_coco-256x192.py"
 """The smallest bundled RTMPose (mmpose/.mim/configs)."""
@@ -94,6 +93,39 @@ def _by_dive(table: pa.Table) -> dict[str, DiveSkeleton]:
     return dive_skeletons(table)
 
 
+def _pose(
+    dives: pa.Table,
+    root: Path,
+    out: Path,
+    cfg: PoseConfig | None = None,
+    *,
+    decode_cfg: DecodeConfig | None = None,
+    decoded: pa.Table | None = None,
+    **kw: Any,
+) -> Any:
+    """The pose stage on ``dives``: on ``decoded`` (a decode manifest), or else on the manifest of the
+    decode stage run with ``decode_cfg`` (16 frames by default; 16×16 px, ``on_error: skip``) next to
+    ``out``."""
+    if decoded is None:
+        decode_cfg = dataclasses.replace(
+            decode_cfg or DecodeConfig(num_frames=16), width=16, height=16, on_error="skip"
+        )
+        folder = out.parent / f"decoded-{decode_cfg.num_frames}-{decode_cfg.min_source_frames}"
+        decoded = decode_videos(dives, decode_cfg, root=root, out_dir=folder, progress=False).manifest
+    return extract_pose(
+        dives, cfg or PoseConfig(), root=root, decoded=decoded, out_dir=out, progress=False, **kw
+    )
+
+
+def _skeletons(
+    dives: pa.Table, root: Path, cfg: PoseConfig, *, num_frames: int, **kw: Any
+) -> tuple[pa.Table, pa.Table]:
+    """``(skeleton table, failures)`` of :func:`_pose` in a fresh folder beside ``root``."""
+    kw.setdefault("decode_cfg", DecodeConfig(num_frames=num_frames))
+    result = _pose(dives, root, Path(tempfile.mkdtemp(prefix="pose-", dir=root.parent)) / "pose", cfg, **kw)
+    return result.manifest, result.failures
+
+
 # --------------------------------------------------------------------------------------------------
 # annotations backend
 
@@ -105,7 +137,7 @@ def test_annotations_round_trip_synthetic_ground_truth(tmp_path: Path, num_frame
         SynthConfig(num_dives=3, width=64, height=64, min_frames=30, max_frames=40), out, progress=False
     )
     dives = read_annotations(out / "annotations.parquet")
-    table, failures = extract_skeletons(dives, out, PoseConfig(), num_frames=num_frames, progress=False)
+    table, failures = _skeletons(dives, out, PoseConfig(), num_frames=num_frames)
 
     assert failures.num_rows == 0 and failures.schema.equals(FAILURE_SCHEMA)
     assert table.num_rows == 3 * num_frames * NUM_JOINTS
@@ -164,7 +196,7 @@ def _npz_dataset(tmp_path: Path, channels: int) -> tuple[Path, pa.Table, np.ndar
 def test_annotations_finediving_npz_96_frames_exact(tmp_path: Path, channels: int) -> None:
     root, dives, pred = _npz_dataset(tmp_path, channels)
     cfg = PoseConfig(source="finediving-npz")
-    table, failures = extract_skeletons(dives, root, cfg, num_frames=96, progress=False)
+    table, failures = _skeletons(dives, root, cfg, num_frames=96)
     assert failures.num_rows == 0 and table.num_rows == 96 * NUM_JOINTS
     sk = _by_dive(table)["vid/3"]
     np.testing.assert_array_equal(sk.xy, pred[..., :2])
@@ -176,9 +208,7 @@ def test_annotations_finediving_npz_96_frames_exact(tmp_path: Path, channels: in
 
 def test_annotations_finediving_npz_resampled_to_other_t(tmp_path: Path) -> None:
     root, dives, _ = _npz_dataset(tmp_path, 3)
-    table, _ = extract_skeletons(
-        dives, root, PoseConfig(source="finediving-npz"), num_frames=24, progress=False
-    )
+    table, _ = _skeletons(dives, root, PoseConfig(source="finediving-npz"), num_frames=24)
     sk = _by_dive(table)["vid/3"]
     offsets = linspace_indices(1000, 1079, 24).astype(np.float64)
     joints = np.arange(NUM_JOINTS)
@@ -193,34 +223,34 @@ def test_annotations_npz_wrong_shape_names_the_file(tmp_path: Path) -> None:
     root, dives, _ = _npz_dataset(tmp_path, 2)
     bad = root / POSE_DIR / "vid" / "pred_comp_3.npz"
     np.savez(bad, pred=np.zeros((95, NUM_JOINTS, 2), dtype=np.float32))
-    with pytest.raises(DatasetError, match=r"pred_comp_3\.npz.*\(95, 16, 2\)"):
-        extract_skeletons(dives, root, PoseConfig(source="finediving-npz"), num_frames=96, progress=False)
+    with pytest.raises(ExtractionFailed, match=r"pred_comp_3\.npz.*\(95, 16, 2\)"):
+        _skeletons(dives, root, PoseConfig(source="finediving-npz"), num_frames=96)
 
     # on_error: skip → the dive is in the failures table, the good dive is kept
     _frame_folder(root, "FINADiving_MTL_256s/vid/4", 0, 50)
     np.savez(root / POSE_DIR / "vid" / "pred_comp_4.npz", pred=np.ones((96, NUM_JOINTS, 2), np.float32))
     both = pa.concat_tables([dives, _dives(("vid", 4, "FINADiving_MTL_256s/vid/4", 0, 49))])
     cfg = PoseConfig(source="finediving-npz", on_error="skip")
-    table, failures = extract_skeletons(both, root, cfg, num_frames=96, progress=False)
+    table, failures = _skeletons(both, root, cfg, num_frames=96)
     assert failures.column("id").to_pylist() == ["vid/3"]
     assert str(bad) in failures.column("reason")[0].as_py()
     assert set(table.column("id").to_pylist()) == {"vid/4"} and table.num_rows == 96 * NUM_JOINTS
 
 
-def test_annotations_missing_pose_file_and_too_short_dive(tmp_path: Path) -> None:
+def test_annotations_missing_pose_file_and_a_dive_decode_left_out(tmp_path: Path) -> None:
     root, dives, _ = _npz_dataset(tmp_path, 2)
     (root / POSE_DIR / "vid" / "pred_comp_3.npz").unlink()
-    with pytest.raises(DatasetError, match=r"pred_comp_3\.npz: pose file not found"):
-        extract_skeletons(dives, root, PoseConfig(source="finediving-npz"), num_frames=96, progress=False)
-    table, failures = extract_skeletons(
-        _dives(("vid", 3, "FINADiving_MTL_256s/vid/3", 1000, 1009)),
-        root,
-        PoseConfig(source="finediving-npz", on_error="skip"),
-        num_frames=16,
-        decode_cfg=DecodeConfig(num_frames=16, min_source_frames=16),
-        progress=False,
+    with pytest.raises(ExtractionFailed, match=r"pred_comp_3\.npz: pose file not found"):
+        _skeletons(dives, root, PoseConfig(source="finediving-npz"), num_frames=96)
+    # a dive too short for decode is decode's failure: pose never sees it (no pose failure either)
+    short = _dives(("vid", 3, "FINADiving_MTL_256s/vid/3", 1000, 1009))
+    decode_cfg = DecodeConfig(num_frames=16, width=16, height=16, min_source_frames=16, on_error="skip")
+    decoded = decode_videos(short, decode_cfg, root=root, out_dir=tmp_path / "decoded", progress=False)
+    assert "too short" in decoded.failures.column("reason")[0].as_py()
+    table, failures = _skeletons(
+        short, root, PoseConfig(source="finediving-npz"), num_frames=16, decoded=decoded.manifest
     )
-    assert table.num_rows == 0 and "too short" in failures.column("reason")[0].as_py()
+    assert table.num_rows == 0 and failures.num_rows == 0
 
 
 def test_annotations_mpii_json(tmp_path: Path) -> None:
@@ -243,7 +273,7 @@ def test_annotations_mpii_json(tmp_path: Path) -> None:
     (root / MPII_JSON_DIR / "v").mkdir(parents=True)
     (root / MPII_JSON_DIR / "v" / "1.json").write_text(json.dumps(entries))
     dives = _dives(("v", 1, "frames/v/1", start, end))
-    table, _ = extract_skeletons(dives, root, PoseConfig(source="mpii-json"), num_frames=96, progress=False)
+    table, _ = _skeletons(dives, root, PoseConfig(source="mpii-json"), num_frames=96)
     sk = _by_dive(table)["v/1"]
     offsets = linspace_indices(start, end, 96)
     joints = np.arange(NUM_JOINTS)
@@ -254,8 +284,8 @@ def test_annotations_mpii_json(tmp_path: Path) -> None:
 
     # one entry too few for the dive → error naming the file
     (root / MPII_JSON_DIR / "v" / "1.json").write_text(json.dumps(entries[:-1]))
-    with pytest.raises(DatasetError, match=r"1\.json: 39 entries, but dive 'v/1' has 40 frames"):
-        extract_skeletons(dives, root, PoseConfig(source="mpii-json"), num_frames=96, progress=False)
+    with pytest.raises(ExtractionFailed, match=r"1\.json: 39 entries, but dive 'v/1' has 40 frames"):
+        _skeletons(dives, root, PoseConfig(source="mpii-json"), num_frames=96)
 
 
 def test_annotations_dive_without_skeleton_rows(tmp_path: Path) -> None:
@@ -268,9 +298,9 @@ def test_annotations_dive_without_skeleton_rows(tmp_path: Path) -> None:
     pq.write_table(gt.filter(pa.compute.not_equal(gt.column("frame"), 0)), out / "partial.parquet")
     cfg = PoseConfig(annotations_path=str(out / "partial.parquet"))
     with pytest.raises(
-        DatasetError, match=r"partial\.parquet: dive 'synth_000/1' lacks joints at sampled frame"
+        ExtractionFailed, match=r"partial\.parquet: dive 'synth_000/1' lacks joints at sampled frame"
     ):
-        extract_skeletons(dives, out, cfg, num_frames=16, progress=False)
+        _skeletons(dives, out, cfg, num_frames=16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,16 +387,14 @@ def test_pose_config_validation() -> None:
 
 
 def test_track_box_from_previous_keypoints() -> None:
-    from hpmcore.pose import _track_box
-
     kp = np.array([[20.0, 30.0], [40.0, 70.0], [90.0, 5.0]])
     sc = np.array([0.9, 0.8, 0.1])  # the third keypoint is not confident
     # box (20, 30)-(40, 70), size (20, 40), grown by 0.25 of its size per side: (15, 20)-(45, 80)
-    assert _track_box(kp, sc, 0.3, 0.25, 100, 100) == (15.0, 20.0, 45.0, 80.0)
-    assert _track_box(kp, sc, 0.3, 0.25, 100, 75) == (15.0, 20.0, 45.0, 75.0)  # clipped to the frame
-    assert _track_box(kp, sc, 0.85, 0.25, 100, 100) == (0.0, 0.0, 100.0, 100.0)  # < 2 confident: whole
+    assert track_box(kp, sc, 0.3, 0.25, 100, 100) == (15.0, 20.0, 45.0, 80.0)
+    assert track_box(kp, sc, 0.3, 0.25, 100, 75) == (15.0, 20.0, 45.0, 75.0)  # clipped to the frame
+    assert track_box(kp, sc, 0.85, 0.25, 100, 100) == (0.0, 0.0, 100.0, 100.0)  # < 2 confident: whole
     # a degenerate box is widened to 16 px before the margin
-    assert _track_box(np.array([[50.0, 50.0], [52.0, 50.0]]), np.ones(2), 0.3, 0.0, 100, 100) == (
+    assert track_box(np.array([[50.0, 50.0], [52.0, 50.0]]), np.ones(2), 0.3, 0.0, 100, 100) == (
         43.0,
         42.0,
         59.0,
@@ -384,7 +412,7 @@ def test_mmpose_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(
         CheckpointError, match=rf"checkpoint {tmp_path / 'weights/rtmpose.pth'}: file does not exist"
     ):
-        extract_skeletons(dives, tmp_path, cfg, num_frames=16, project_dir=tmp_path, progress=False)
+        _skeletons(dives, tmp_path, cfg, num_frames=16, project_dir=tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -402,14 +430,13 @@ def test_mmpose_random_init_rtmpose_well_formed_table(
     video = make_video(30, name="clip.mp4", width=64, height=48)
     dives = _dives(("v", 1, "clip.mp4", 2, 27), ("v", 2, "clip.mp4", 0, 9))  # second dive < T frames
     cfg = PoseConfig(backend="mmpose", config=RTMPOSE_T, random_init=True, device="cpu")
-    with caplog.at_level(logging.WARNING, logger="hpmcore.pose"):
-        table, failures = extract_skeletons(
+    with caplog.at_level(logging.WARNING, logger="hpmcore.extraction.pose"):
+        table, failures = _skeletons(
             dives,
             video.path.parent,
             cfg,
             num_frames=16,
             decode_cfg=DecodeConfig(num_frames=16, min_source_frames=8),
-            progress=False,
         )
     assert "NO CHECKPOINT" in caplog.text
     assert failures.num_rows == 0
@@ -449,11 +476,9 @@ def test_mmpose_checkpoint_loads_strictly(
     torch.save({"state_dict": state, "meta": {"epoch": 420}}, ckpt)  # OpenMMLab layout, weights-only-safe
     cfg = PoseConfig(backend="mmpose", config=str(config), checkpoint=str(ckpt), device="cpu")
     decode = DecodeConfig(num_frames=16, min_source_frames=8)
-    table, _ = extract_skeletons(
-        dives, video.path.parent, cfg, num_frames=16, decode_cfg=decode, progress=False
-    )
+    table, _ = _skeletons(dives, video.path.parent, cfg, num_frames=16, decode_cfg=decode)
     assert pose_metadata(table)["model"]["checkpoint"] == str(ckpt)
-    assert len(pose_metadata(table)["model"]["checkpoint_sha256"]) == 64
+    assert pose_metadata(table)["model"]["checkpoint_sha256"] == sha256_file(ckpt)
     # the same weights run in-process on the first sampled frame give the same keypoints
     frame = decode_dive(video.path, 0, 19, DecodeConfig(num_frames=16, width=64, height=48)).frames[0].numpy()
     model.eval()
@@ -470,9 +495,9 @@ def test_mmpose_checkpoint_loads_strictly(
     missing_key = next(iter(state))
     torch.save({"state_dict": {k: v for k, v in state.items() if k != missing_key}}, ckpt)
     with pytest.raises(
-        CheckpointError, match=rf"{ckpt.name} does not match the pose model:\n  missing \(1\): {missing_key}"
+        CheckpointError, match=rf"{ckpt.name} does not match \w+:\n  missing \(1\): {missing_key}"
     ):
-        extract_skeletons(dives, video.path.parent, cfg, num_frames=16, decode_cfg=decode, progress=False)
+        _skeletons(dives, video.path.parent, cfg, num_frames=16, decode_cfg=decode)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,13 +514,8 @@ def _synth(tmp_path: Path, num_dives: int = 3) -> tuple[Path, pa.Table]:
     return out, read_annotations(out / "annotations.parquet")
 
 
-def _pose(dives: pa.Table, root: Path, out: Path, cfg: PoseConfig | None = None, **kw: Any) -> Any:
-    kw.setdefault("decode_cfg", DecodeConfig(num_frames=16))
-    return extract_pose(dives, cfg or PoseConfig(), root=root, out_dir=out, progress=False, **kw)
-
-
 def _logged(caplog: pytest.LogCaptureFixture, fn: Callable[[], Any]) -> tuple[Any, str]:
-    with caplog.at_level(logging.INFO, logger="hpmcore.extract"):
+    with caplog.at_level(logging.INFO, logger="hpmcore.extraction.cache"):
         caplog.clear()
         result = fn()
     return result, caplog.text
@@ -508,9 +528,8 @@ def test_extract_pose_reuses_entries_and_recomputes_only_a_changed_skeleton(
     out = tmp_path / "pose"
     first, log = _logged(caplog, lambda: _pose(dives, root, out))
     assert "pose: computed 3, reused 0 (failed 0, removed 0 stale)" in log
-    expected, _ = extract_skeletons(dives, root, PoseConfig(), num_frames=16, progress=False)
-    assert first.manifest.equals(expected) and pose_metadata(first.manifest) == pose_metadata(expected)
-    assert first.failures.num_rows == 0 and first.failures.schema.equals(EXTRACT_FAILURE_SCHEMA)
+    assert pose_metadata(first.manifest)["source"] == "skeletons"
+    assert first.failures.num_rows == 0 and first.failures.schema.equals(FAILURE_SCHEMA)
     assert (first.stats["computed"], first.stats["reused"], first.stats["videos"]) == (3, 0, 3)
     assert first.stats["frames_per_s"] > 0
     entries = sorted(p.name for p in (out / "cache").iterdir())
@@ -552,7 +571,6 @@ def test_extract_pose_reuses_entries_and_recomputes_only_a_changed_skeleton(
 
 
 def test_extract_pose_follows_the_decode_manifest(tmp_path: Path) -> None:
-
     root, dives = _synth(tmp_path)
     decode_cfg = DecodeConfig(num_frames=16, on_error="skip")
     broken = dives.column("video_path")[0].as_py()
@@ -561,7 +579,7 @@ def test_extract_pose_follows_the_decode_manifest(tmp_path: Path) -> None:
     decoded = decode_videos(dives, decode_cfg, root=root, out_dir=tmp_path / "decoded", progress=False)
     assert decoded.failures.num_rows == 1
     out = tmp_path / "pose"
-    result = _pose(dives, root, out, decode_cfg=decode_cfg, decoded=decoded.manifest)
+    result = _pose(dives, root, out, decoded=decoded.manifest)
     assert result.failures.num_rows == 0  # not a pose failure: decode's, and left out downstream
     ids = dives.column("id").to_pylist()
     assert sorted(set(result.manifest.column("id").to_pylist())) == ids[1:]
@@ -570,28 +588,33 @@ def test_extract_pose_follows_the_decode_manifest(tmp_path: Path) -> None:
             dive_skeletons(result.manifest)[row["id"]].source_frames, row["indices"]
         )
 
-    # the manifest's source hashes are the videos' own: hashing them here gives the same keys
-    (root / broken).write_bytes(original)
-    again = _pose(dives.slice(1), root, out, decode_cfg=decode_cfg)
-    assert (again.stats["computed"], again.stats["reused"]) == (0, 2)
-
     # the repaired video is back, another one is re-encoded with other content: those two are computed
+    (root / broken).write_bytes(original)
     edited = root / dives.column("video_path")[2].as_py()
     write_mp4(iter(synthetic_frames(probe(edited).num_frames, 64, 64)), edited, fps=25)
     decoded = decode_videos(dives, decode_cfg, root=root, out_dir=tmp_path / "decoded", progress=False)
     assert (decoded.stats["computed"], decoded.stats["reused"]) == (2, 1)
-    updated = _pose(dives, root, out, decode_cfg=decode_cfg, decoded=decoded.manifest)
+    updated = _pose(dives, root, out, decoded=decoded.manifest)
     assert (updated.stats["computed"], updated.stats["reused"], updated.stats["removed"]) == (2, 1, 1)
     assert sorted(set(updated.manifest.column("id").to_pylist())) == ids
 
-    # a manifest that does not match the params or the dives is refused
-    with pytest.raises(ManifestError, match=r"T=\[16\], but decode\.num_frames=24"):
-        _pose(dives, root, out, decode_cfg=DecodeConfig(num_frames=24), decoded=decoded.manifest)
+    # pose takes decode's frame numbers as they are: a manifest with other sampled frames gives the
+    # skeleton of those frames (a new key: the frame numbers are part of the input)
     rows = decoded.manifest.to_pylist()
-    rows[0]["indices"] = [i + 1 for i in rows[0]["indices"]]
-    shifted = pa.Table.from_pylist(rows, schema=decoded.manifest.schema)
-    with pytest.raises(ExtractionFailed, match="differ from the decode manifest's sampled frames"):
-        _pose(dives, root, tmp_path / "pose2", decode_cfg=decode_cfg, decoded=shifted)
+    rows[0]["indices"][1] += 1
+    other = pa.Table.from_pylist(rows, schema=decoded.manifest.schema)
+    moved = _pose(dives, root, tmp_path / "pose2", decoded=other)
+    assert dive_skeletons(moved.manifest)[rows[0]["id"]].source_frames.tolist() == rows[0]["indices"]
+
+    # a manifest that does not match the dive table, or mixes T, is refused
+    rows = decoded.manifest.to_pylist()
+    rows[0]["start_frame"] += 1
+    with pytest.raises(ManifestError, match="disagrees with the dive table"):
+        _pose(dives, root, out, decoded=pa.Table.from_pylist(rows, schema=decoded.manifest.schema))
+    rows = decoded.manifest.to_pylist()
+    rows[0]["indices"] = rows[0]["indices"][:-1]
+    with pytest.raises(ManifestError, match=r"T=\[15, 16\]"):
+        _pose(dives, root, out, decoded=pa.Table.from_pylist(rows, schema=decoded.manifest.schema))
 
 
 def test_extract_pose_failures_are_recorded_with_skip_and_stop_the_stage_with_fail(tmp_path: Path) -> None:
@@ -599,7 +622,7 @@ def test_extract_pose_failures_are_recorded_with_skip_and_stop_the_stage_with_fa
     _frame_folder(root, "FINADiving_MTL_256s/vid/4", 0, 50)
     np.savez(root / POSE_DIR / "vid" / "pred_comp_4.npz", pred=np.zeros((95, NUM_JOINTS, 2), np.float32))
     _frame_folder(root, "FINADiving_MTL_256s/vid/5", 0, 50)  # no pose file
-    _frame_folder(root, "FINADiving_MTL_256s/vid/6", 0, 10)  # a dive shorter than min_source_frames
+    _frame_folder(root, "FINADiving_MTL_256s/vid/6", 0, 10)  # too short: decode's failure, not pose's
     np.savez(root / POSE_DIR / "vid" / "pred_comp_6.npz", pred=np.ones((96, NUM_JOINTS, 2), np.float32))
     dives = pa.concat_tables(
         [
@@ -615,9 +638,9 @@ def test_extract_pose_failures_are_recorded_with_skip_and_stop_the_stage_with_fa
     result = _pose(dives, root, out, cfg, decode_cfg=decode_cfg)
 
     assert set(result.manifest.column("id").to_pylist()) == {"vid/3"}
-    assert result.failures.schema.equals(EXTRACT_FAILURE_SCHEMA)
+    assert result.failures.schema.equals(FAILURE_SCHEMA)
     failures = {f["id"]: f for f in result.failures.to_pylist()}
-    assert sorted(failures) == ["vid/4", "vid/5", "vid/6"]
+    assert sorted(failures) == ["vid/4", "vid/5"]
     assert {f["stage"] for f in failures.values()} == {"pose"}
     assert failures["vid/4"]["source"] == "FINADiving_MTL_256s/vid/4" and failures["vid/4"]["key"]
     assert str(root / POSE_DIR / "vid" / "pred_comp_4.npz") in failures["vid/4"]["reason"]
@@ -626,13 +649,12 @@ def test_extract_pose_failures_are_recorded_with_skip_and_stop_the_stage_with_fa
     assert (
         failures["vid/5"]["reason"] == f"{root / POSE_DIR / 'vid' / 'pred_comp_5.npz'}: pose file not found"
     )
-    assert "too short" in failures["vid/6"]["reason"]
-    assert (result.stats["computed"], result.stats["failed"]) == (1, 3)
+    assert (result.stats["computed"], result.stats["failed"]) == (1, 2)
     assert len(list((out / "cache").iterdir())) == 1  # nothing stored for a failed dive
 
     # failures are not cached: a rerun tries them again and reuses the good one
     again = _pose(dives, root, out, cfg, decode_cfg=decode_cfg)
-    assert (again.stats["computed"], again.stats["reused"], again.stats["failed"]) == (0, 1, 3)
+    assert (again.stats["computed"], again.stats["reused"], again.stats["failed"]) == (0, 1, 2)
 
     with pytest.raises(ExtractionFailed) as info:
         _pose(dives.slice(0, 2), root, out, PoseConfig(source="finediving-npz"), decode_cfg=decode_cfg)
@@ -716,10 +738,10 @@ def test_pose_is_a_dvc_stage_between_decode_and_training_reported_by_the_flow() 
     }
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     pose = stages["pose"]
-    assert {"stages/pose.py", "hpmcore/pose.py", "${decoded_dir}/manifest.parquet"} <= set(pose["deps"])
+    deps = {"stages/pose.py", "hpmcore/extraction/pose", "${decoded_dir}/manifest.parquet"}
+    assert deps <= set(pose["deps"])
     listed = set(pose["params"])
     assert {f"pose.{f.name}" for f in dataclasses.fields(PoseConfig)} <= listed
-    assert {"decode.num_frames", "decode.min_source_frames"} <= listed
     assert {"persist": True} in [o.get("${pose_dir}/cache") for o in pose["outs"] if isinstance(o, dict)]
     assert not any("pose" in str(d) for d in stages["features"]["deps"])  # features does not need pose
 
@@ -735,10 +757,8 @@ def test_mmpose_backend_through_the_cache(
     out = tmp_path / "pose"
     first, log = _logged(caplog, lambda: _pose(dives, tmp_path, out, cfg, decode_cfg=decode_cfg))
     assert "pose: computed 1, reused 0" in log
-    expected, _ = extract_skeletons(
-        dives, tmp_path, cfg, num_frames=16, decode_cfg=decode_cfg, progress=False
-    )
-    assert first.manifest.equals(expected)
+    sk = dive_skeletons(first.manifest)["v/1"]
+    assert sk.xy.shape == (16, NUM_JOINTS, 2) and np.isfinite(sk.xy).all()
     assert pose_metadata(first.manifest)["model"]["random_init"] is True
     _, log = _logged(caplog, lambda: _pose(dives, tmp_path, out, cfg, decode_cfg=decode_cfg))
     assert "pose: computed 0, reused 1" in log

@@ -400,9 +400,10 @@ def _pipeline_outputs(tmp_path: Path, ids: list[str]) -> tuple:
 
     from hpmcore.data.canonical import annotation_table
     from hpmcore.data.finediving import linspace_indices
-    from hpmcore.extract import DECODE_MANIFEST_SCHEMA, Entry, save_entry
-    from hpmcore.features import FEATURES_MANIFEST_SCHEMA
-    from hpmcore.pose import DiveSkeleton, skeleton_table
+    from hpmcore.extraction.cache import Entry, save_entry
+    from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
+    from hpmcore.extraction.features import FEATURES_MANIFEST_SCHEMA
+    from hpmcore.extraction.pose.table import DiveSkeleton, skeleton_table
 
     t, start, n = 12, 5, 20
     labels = [0] * 6 + [1] * 8 + [2] * 6  # steps change at dive frames 6 and 14
@@ -481,7 +482,7 @@ def _pipeline_outputs(tmp_path: Path, ids: list[str]) -> tuple:
 
 
 def test_load_feature_bank_from_stage_outputs(tmp_path: Path) -> None:
-    from hpmcore.pose import dive_skeletons
+    from hpmcore.extraction.pose.table import dive_skeletons
     from hpmcore.train import load_feature_bank
 
     ids = ["a/0", "a/1", "a/2"]
@@ -533,7 +534,7 @@ def test_pipeline_bank_reads_files_and_splash_targets(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from hpmcore.extract import ManifestError
+    from hpmcore.extraction.cache import ManifestError
     from hpmcore.runs import pipeline_bank
 
     ids = ["a/0", "a/1", "a/2"]

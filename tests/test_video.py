@@ -1,4 +1,4 @@
-"""Dive decoding (``hpmcore.video``): real decord decodes of real PyAV-written mp4s and JPEG folders.
+"""Dive decoding (``hpmcore.extraction.video``): real decord decodes of PyAV-written mp4s and JPEG folders.
 
 The synthetic videos (``tests/conftest.py``) give every frame a distinct flat colour, so
 ``SyntheticVideo.identify`` tells which source frame a decoded frame is: a wrong index fails exactly.
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from hpmcore.config import DecodeConfig
-from hpmcore.video import DecodedDive, VideoError, VideoInfo, decode_dive, probe, sample_indices
+from hpmcore.extraction.video import DecodedDive, VideoError, VideoInfo, decode_dive, probe, sample_indices
 
 if TYPE_CHECKING:
     from conftest import SyntheticVideo

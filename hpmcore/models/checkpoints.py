@@ -45,10 +45,13 @@ class LoadReport:
     kept_init: tuple[str, ...]
 
 
-def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path | str, *, trust: bool = False) -> dict[str, torch.Tensor]:
     """Read a flat ``{name: tensor}`` state dict from a ``.safetensors`` or ``torch.save`` file.
 
-    ``torch.load`` runs with ``map_location="cpu", weights_only=True``.
+    ``torch.load`` runs with ``map_location="cpu", weights_only=True``; ``trust`` allows a full unpickle
+    (for trusted files carrying pickled metadata, e.g. OpenMMLab's released checkpoints). A state dict
+    nested under ``"state_dict"`` (OpenMMLab, Lightning: ``{"state_dict": …, "meta": …}``) is taken
+    from there, and a ``module.`` prefix (``DataParallel``) is dropped from every key.
 
     Raises:
         CheckpointError: the path does not exist, cannot be read, or does not hold a flat mapping from
@@ -63,9 +66,11 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
 
             obj: object = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except Exception as exc:  # any decoding failure becomes one clear error naming the file
         raise CheckpointError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"checkpoint {path}: expected a flat state_dict, got {type(obj).__name__}")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
@@ -74,7 +79,7 @@ def read_state_dict(path: Path | str) -> dict[str, torch.Tensor]:
             f"checkpoint {path}: expected a flat state_dict of tensors; "
             f"non-tensor entries: {_listing([str(k) for k in bad])}"
         )
-    return dict(obj)
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def load_strict(
@@ -83,6 +88,7 @@ def load_strict(
     *,
     ignorable: Mapping[str, tuple[int, ...]] | None = None,
     may_keep_init: Collection[str] = (),
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> LoadReport:
     """Load ``path`` into ``module``, requiring every tensor to match by name and shape.
 
@@ -93,6 +99,8 @@ def load_strict(
             I3D logits), with their documented shapes. Present ones are shape-checked, then dropped.
         may_keep_init: module keys the file may lack; absent ones keep their current values, present
             ones are loaded (and shape-checked) like any other key.
+        state: the file's state dict when the caller has read it already (:func:`read_state_dict`,
+            e.g. to fail before building a slow model); ``None``: read ``path``.
 
     ``*.num_batches_tracked`` entries are tolerated both present and absent.
 
@@ -104,7 +112,7 @@ def load_strict(
     """
     path = Path(path)
     ignorable = dict(ignorable or {})
-    state = read_state_dict(path)
+    state = dict(read_state_dict(path) if state is None else state)
     expected = module.state_dict()
     optional = set(may_keep_init) | {k for k in expected if k.endswith(_OPTIONAL_SUFFIX)}
 

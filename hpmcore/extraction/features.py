@@ -1,6 +1,6 @@
 """Cached encoder features of the decoded dives: I3D clip features and RegNetY-002 per-frame features.
 
-For every dive of the decode manifest (:data:`hpmcore.extract.DECODE_MANIFEST_SCHEMA`), one cache
+For every dive of the decode manifest (:data:`hpmcore.extraction.decode.DECODE_MANIFEST_SCHEMA`), one cache
 entry ``<features dir>/cache/<key>.safetensors`` holding
 
 * ``i3d``: float32 ``(num_clips, 1024)`` — InceptionI3d (spec §2) on clips of ``clip_len`` frames
@@ -19,8 +19,9 @@ centre crop (``crop_size``) → ImageNet mean/std → ``(B, 3, T, H, W)``.
 The cache key covers the decode entry's key (itself a content hash of the source video), the params
 that change the numbers, both weights' hashes (the init seed for a random init), the precision, the
 torch/timm versions and :data:`FEATURES_CACHE_VERSION` (bumped when the encoders' code or this
-preprocessing changes the features; see "Cache versions" in :mod:`hpmcore.extract`). The device is recorded
-but not part of the key (CPU and CUDA fp32 agree to float rounding); AMP is, as ``precision``.
+preprocessing changes the features; see "Cache versions" in :mod:`hpmcore.extraction.cache`). The
+device is recorded but not part of the key (CPU and CUDA fp32 agree to float rounding); AMP is, as
+``precision``.
 
 Runs batched under ``torch.inference_mode()`` on ``device`` (``auto``: CUDA when available), both
 encoders channels-last (``channels_last_3d`` for I3D) on every device — on this 2-core CPU that was
@@ -41,10 +42,9 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from hpmcore.config import ConfigError, FeaturesConfig
-from hpmcore.extract import (
+from hpmcore.config import ConfigError, FeaturesConfig, project_path
+from hpmcore.extraction.cache import (
     CACHE_DIR,
-    DECODE_MANIFEST_SCHEMA,
     MANIFEST,
     SUFFIX,
     Entry,
@@ -54,12 +54,12 @@ from hpmcore.extract import (
     Outcome,
     digest,
     failures_table,
-    load_decoded,
     load_entry,
     read_manifest,
     run_cached,
     sha256_file,
 )
+from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA, load_decoded
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.i3d import clip_starts
 from hpmcore.runtime import resolve_device
@@ -167,7 +167,7 @@ def _weights(path: str | None, what: str, project_dir: Path) -> tuple[Path | Non
     """
     if path is None:
         return None, RANDOM_INIT
-    resolved = Path(path) if Path(path).is_absolute() else Path(project_dir) / path
+    resolved = project_path(path, project_dir)
     if not resolved.is_file():
         raise CheckpointError(f"features.{what}: checkpoint {resolved}: file does not exist")
     return resolved, sha256_file(resolved)

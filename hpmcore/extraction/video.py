@@ -52,6 +52,7 @@ __all__ = [
     "VideoInfo",
     "decode_dive",
     "probe",
+    "read_frames",
     "sample_indices",
 ]
 
@@ -160,6 +161,42 @@ def decode_dive(path: Path, start_frame: int, end_frame: int, cfg: DecodeConfig)
     if path.is_dir():
         return _decode_folder(path, start, end, cfg)
     return _decode_mp4(path, start, end, cfg)
+
+
+def read_frames(path: Path, frames: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The source frames numbered ``frames`` of an mp4 or a frame folder, resized to ``width`` ×
+    ``height`` as :func:`decode_dive` resizes (decord's scaler / PIL bilinear), e.g. at the source's
+    own size (:func:`probe`) for pose estimation on the sampled frames of the decode stage.
+
+    Args:
+        frames: int ``(N,)`` frame numbers (mp4: 0-based; folder: the JPEGs' numbers), sorted or not.
+
+    Returns:
+        uint8 ``(N, height, width, 3)`` RGB; each distinct frame is decoded once.
+
+    Raises:
+        VideoError: naming the file for an unreadable source or a frame it does not have.
+    """
+    path = Path(path)
+    numbers = np.asarray(frames, dtype=np.int64)
+    unique, inverse = np.unique(numbers, return_inverse=True)  # sorted: sequential decode
+    if path.is_dir():
+        files = _list_frames(path)
+        missing = [int(n) for n in unique if int(n) not in files]
+        if missing:
+            raise VideoError(f"{path}: frame folder has no file for frame(s) {_few(missing)}")
+        decoded = [_load_jpeg(files[int(n)], width, height) for n in unique]
+    else:
+        reader = _open_mp4(path, width, height)
+        outside = [int(n) for n in unique if not 0 <= n < len(reader)]
+        if outside:
+            raise VideoError(
+                f"{path}: frame(s) {_few(outside)} outside the video's frames 0..{len(reader) - 1}"
+            )
+        decoded = [_read_frame(reader, path, int(n), width, height) for n in unique]
+    if not decoded:
+        return np.zeros((0, height, width, 3), dtype=np.uint8)
+    return np.stack(decoded)[inverse]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Per-video extraction cache shared by the extraction stages, and the ``decode`` stage built on it.
+"""The per-video extraction cache shared by the extraction stages (``decode``, ``pose``, ``features``).
 
 **The cache engine** (:func:`run_cached`). An extraction stage turns every dive into one *entry*
 (tensors plus string metadata) stored as ``<cache dir>/<key><suffix>``, where ``key`` is the SHA-256
 of everything the entry is a function of (:func:`digest`): the content hash of its inputs, the stage's
 params, the encoder weights' hash, the versions of the libraries computing it and the stage's **cache
-version**, an integer constant next to the stage's code (e.g. :data:`DECODE_CACHE_VERSION`). So:
+version**, an integer constant next to the stage's code
+(:data:`hpmcore.extraction.decode.DECODE_CACHE_VERSION`, …). So:
 
 * a rerun recomputes only the dives whose key has no entry yet — adding 5 videos computes 5, editing
   one recomputes that one; a touched (same content) video is not recomputed;
@@ -38,10 +39,6 @@ skip``), or stops the stage at once with :class:`ExtractionFailed` naming the fi
 ``__metadata__`` dict (always holding ``key``), then the raw little-endian data. Optionally wrapped
 in one standard zstd frame (``.safetensors.zst``, readable with ``zstd -d``), as the decode stage
 does: the synthetic dataset's decoded frames compress about 12x.
-
-**The decode stage** (:func:`decode_videos`): every dive of the canonical table →
-:func:`hpmcore.video.decode_dive` → entry ``frames`` uint8 ``(T, H, W, 3)`` RGB and ``indices`` int64
-``(T,)``; manifest :data:`DECODE_MANIFEST_SCHEMA`; read back with :func:`load_decoded`.
 """
 
 from __future__ import annotations
@@ -64,18 +61,18 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm import tqdm
 
-from hpmcore.config import DecodeConfig
 from hpmcore.io import atomic_path, read_parquet
 
 __all__ = [
     "CACHE_DIR",
-    "DECODE_CACHE_VERSION",
-    "DECODE_MANIFEST_SCHEMA",
     "FAILURES",
     "FAILURE_SCHEMA",
     "MANIFEST",
     "STATS",
+    "SUFFIX",
+    "ZSTD_SUFFIX",
     "CacheRun",
+    "Compute",
     "Entry",
     "Extraction",
     "ExtractionFailed",
@@ -83,10 +80,10 @@ __all__ = [
     "Item",
     "ItemError",
     "ManifestError",
-    "decode_videos",
+    "Outcome",
     "digest",
+    "entry_path",
     "failures_table",
-    "load_decoded",
     "load_entry",
     "per_item",
     "read_entry_meta",
@@ -551,190 +548,3 @@ def read_manifest(path: Path, schema: pa.Schema) -> pa.Table:
             f"{path}: columns differ from the expected manifest:\n{table.schema}\nexpected:\n{schema}"
         )
     return table
-
-
-# --------------------------------------------------------------------------------------------------
-# The decode stage.
-
-DECODE_MANIFEST_SCHEMA = pa.schema(
-    [
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("source_path", pa.string(), nullable=False),
-        pa.field("source_hash", pa.string(), nullable=False),
-        pa.field("start_frame", pa.int64(), nullable=False),
-        pa.field("end_frame", pa.int64(), nullable=False),
-        pa.field("source_num_frames", pa.int64(), nullable=False),
-        pa.field("fps", pa.float64()),
-        pa.field("indices", pa.list_(pa.int64()), nullable=False),
-        pa.field("num_frames", pa.int64(), nullable=False),
-        pa.field("height", pa.int64(), nullable=False),
-        pa.field("width", pa.int64(), nullable=False),
-        pa.field("key", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-    ]
-)
-"""Decode manifest, one row per decoded dive in dive-table order:
-
-=================  ==============  ==========================================================================
-column             type            meaning
-=================  ==============  ==========================================================================
-id                 string          dive id of the canonical table
-source_path        string          ``video_path`` of the dive (mp4 or frame folder, relative to ``data.root``)
-source_hash        string          ``sha256:<hex>`` of the mp4's bytes / of the frame folder's JPEGs
-start_frame        int64           first frame of the dive in the source (inclusive)
-end_frame          int64           last frame of the dive in the source (inclusive)
-source_num_frames  int64           frames in the whole source (mp4 frame count / number of JPEGs)
-fps                float64         the mp4's average frame rate; null for a frame folder
-indices            list<int64>     the T sampled source frame numbers (spec §1.1)
-num_frames         int64           T
-height, width      int64           decoded frame size, px
-key                string          cache key of the entry
-path               string          the entry, relative to the manifest's folder:
-                                   ``cache/<key>.safetensors.zst`` (``frames`` uint8 (T, H, W, 3) RGB,
-                                   ``indices`` int64 (T,))
-=================  ==============  ==========================================================================
-"""
-
-
-DECODE_CACHE_VERSION = 1
-"""Cache version of the decode stage's entries (see "Cache versions" above): bump it when a change to
-the decoding code (this stage, :mod:`hpmcore.video`, the spec §1.1 sampling) changes the frames or the
-metadata of an entry for the same source and params."""
-
-
-def decode_videos(
-    dives: pa.Table,
-    cfg: DecodeConfig,
-    *,
-    root: Path,
-    out_dir: Path,
-    progress: bool = True,
-) -> Extraction:
-    """Decode every dive of a canonical dive table into the per-video cache ``out_dir/cache``.
-
-    Each dive's ``video_path`` (mp4 or frame folder, relative to ``root``) is decoded frames
-    ``start_frame .. end_frame``, sampled to ``cfg.num_frames`` and resized to ``cfg.width`` ×
-    ``cfg.height`` (:func:`hpmcore.video.decode_dive`). The entry key covers the source's content
-    hash, the frame range, the decode params (not ``on_error``), decord's and Pillow's versions and
-    :data:`DECODE_CACHE_VERSION`. Only the cache entries are written here; the caller writes the returned
-    manifest, failures table and stats next to the cache (``MANIFEST``, ``FAILURES``, ``STATS``).
-
-    Raises:
-        ExtractionFailed: ``cfg.on_error == "fail"`` and a dive cannot be decoded.
-        ConfigError: an invalid ``cfg``.
-    """
-    import decord
-    import PIL
-
-    from hpmcore.video import FRAME_SUFFIXES, VideoError, decode_dive
-
-    cfg.validate()
-    root = Path(root)
-    decode_params = {
-        "num_frames": cfg.num_frames,
-        "width": cfg.width,
-        "height": cfg.height,
-        "min_source_frames": cfg.min_source_frames,
-    }
-    fixed = {
-        "stage": "decode",
-        "version": DECODE_CACHE_VERSION,
-        "params": decode_params,
-        "decord": decord.__version__,
-        "pillow": PIL.__version__,
-    }
-    hashes: dict[Path, str | ItemError] = {}
-    items = []
-    for row in dives.select(["id", "video_path", "start_frame", "end_frame"]).to_pylist():
-        path = root / row["video_path"]
-        if path not in hashes:
-            try:
-                hashes[path] = source_hash(path, FRAME_SUFFIXES)
-            except ItemError as exc:
-                hashes[path] = exc
-        h = hashes[path]
-        payload = (path, int(row["start_frame"]), int(row["end_frame"]), h)
-        if isinstance(h, ItemError):
-            items.append(Item(row["id"], row["video_path"], None, payload, error=str(h)))
-            continue
-        key = digest({**fixed, "source": h, "start_frame": payload[1], "end_frame": payload[2]})
-        items.append(Item(row["id"], row["video_path"], key, payload))
-
-    def decode_one(item: Item) -> Entry:
-        path, start, end, h = item.payload
-        try:
-            dive = decode_dive(path, start, end, cfg)
-        except VideoError as exc:
-            raise ItemError(str(exc)) from None
-        frames = dive.frames
-        expected = (cfg.num_frames, cfg.height, cfg.width, 3)
-        if tuple(frames.shape) != expected or frames.dtype != torch.uint8:  # decode_dive's contract
-            got = f"{frames.dtype} {tuple(frames.shape)}"
-            raise ItemError(f"{path}: decoder returned {got}, expected uint8 {expected}")
-        meta = {
-            "source_hash": h,
-            "start_frame": str(start),
-            "end_frame": str(end),
-            "source_num_frames": str(dive.source_num_frames),
-            "fps": json.dumps(dive.fps),
-            "indices": json.dumps([int(i) for i in dive.indices]),
-            "num_frames": str(cfg.num_frames),
-            "height": str(cfg.height),
-            "width": str(cfg.width),
-        }
-        return Entry({"frames": frames, "indices": torch.from_numpy(dive.indices.astype("int64"))}, meta)
-
-    run = run_cached(
-        items,
-        Path(out_dir) / CACHE_DIR,
-        per_item(decode_one),
-        stage="decode",
-        on_error=cfg.on_error,
-        compress=True,
-        progress=progress,
-    )
-    rows = []
-    for item in run.ok:
-        meta = run.metas[item.key]  # type: ignore[index]
-        rows.append(
-            {
-                "id": item.id,
-                "source_path": item.source,
-                "source_hash": meta["source_hash"],
-                "start_frame": int(meta["start_frame"]),
-                "end_frame": int(meta["end_frame"]),
-                "source_num_frames": int(meta["source_num_frames"]),
-                "fps": json.loads(meta["fps"]),
-                "indices": json.loads(meta["indices"]),
-                "num_frames": int(meta["num_frames"]),
-                "height": int(meta["height"]),
-                "width": int(meta["width"]),
-                "key": item.key,
-                "path": f"{CACHE_DIR}/{item.key}{ZSTD_SUFFIX}",
-            }
-        )
-    manifest = pa.Table.from_pylist(rows, schema=DECODE_MANIFEST_SCHEMA).replace_schema_metadata(
-        {"hpmcore.decode": json.dumps({"params": decode_params, "format": "safetensors+zstd"})}
-    )
-    stats = run.stats()
-    if "videos_per_s" in stats:
-        stats["frames_per_s"] = round(stats["videos_per_s"] * cfg.num_frames, 1)
-    return Extraction(manifest, failures_table(run.failures), stats, run)
-
-
-def load_decoded(manifest_dir: Path, row: dict[str, Any]) -> torch.Tensor:
-    """The decoded frames of one decode-manifest row: uint8 ``(T, H, W, 3)`` RGB.
-
-    Raises:
-        ValueError: the entry is unreadable, or its key or shape does not match the row.
-    """
-    path = Path(manifest_dir) / row["path"]
-    entry = load_entry(path)
-    if entry.meta.get("key") != row["key"]:
-        raise ValueError(f"{path}: holds key {entry.meta.get('key')!r}, the manifest says {row['key']!r}")
-    frames = entry.tensors.get("frames")
-    expected = (row["num_frames"], row["height"], row["width"], 3)
-    if frames is None or frames.dtype != torch.uint8 or tuple(frames.shape) != expected:
-        got = None if frames is None else (frames.dtype, tuple(frames.shape))
-        raise ValueError(f"{path}: frames are {got}, expected uint8 {expected}")
-    return frames
