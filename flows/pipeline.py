@@ -33,7 +33,7 @@ from prefect.runtime import flow_run
 import hpmcore
 from flows.settings import PROJECT_DIR, state_dir
 from hpmcore.config import Params, flatten, load_params, params_to_dict
-from hpmcore.extraction.cache import FAILURES, MANIFEST
+from hpmcore.extraction.cache import FAILURES, MANIFEST, TIMINGS
 from hpmcore.models.export import PairScorer
 from hpmcore.runs import CHECKPOINTS, build_model
 from hpmcore.tracking import mlflow as tracking
@@ -86,30 +86,36 @@ def stage_name(address: str) -> str:
 
 
 def stage_reports(project_dir: Path) -> dict[str, dict[str, list[Path]]]:
-    """Per stage, the files it reports through: ``{"metrics": [...], "failures": [...]}``.
+    """Per stage, the files it reports through: ``{"metrics": [...], "failures": [...], "timings": [...]}``.
 
     ``metrics`` are the stage's DVC metrics files (``metrics:`` in dvc.yaml, e.g. ``stats.json`` with
-    counts and throughput); ``failures`` its outputs named ``failures.parquet`` (extraction stages).
+    counts); ``failures`` its outputs named ``failures.parquet`` (extraction stages), and ``timings``
+    the ``timings.json`` beside each of those (throughput; not a DVC output, git-ignored).
     """
     with Repo(str(project_dir)) as repo:
         return {
             stage.name: {
                 "metrics": [Path(out.fs_path) for out in stage.outs if out.metric],
                 "failures": [Path(out.fs_path) for out in stage.outs if Path(out.fs_path).name == FAILURES],
+                "timings": [
+                    Path(out.fs_path).with_name(TIMINGS)
+                    for out in stage.outs
+                    if Path(out.fs_path).name == FAILURES
+                ],
             }
             for stage in repo.index.stages
         }
 
 
 def log_stage_reports(stage: str, reports: dict[str, list[Path]]) -> dict[str, float]:
-    """Log a stage's JSON metrics as MLflow metrics ``<stage>.<key>`` and its non-empty failures
-    table as the artifact ``failures/<stage>.json``; returns the metrics logged.
+    """Log a stage's JSON metrics and timings as MLflow metrics ``<stage>.<key>`` and its non-empty
+    failures table as the artifact ``failures/<stage>.json``; returns the metrics logged.
 
     The values are those of the stage's last execution (the ``stage.<name>`` tag says whether that
     was in this flow run).
     """
     metrics: dict[str, float] = {}
-    for path in reports.get("metrics", []):
+    for path in [*reports.get("metrics", []), *reports.get("timings", [])]:
         if path.suffix == ".json" and path.is_file():
             values = flatten(json.loads(path.read_text()))
             metrics.update({f"{stage}.{k}": v for k, v in values.items()})

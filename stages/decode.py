@@ -3,9 +3,10 @@
 Usage: ``python stages/decode.py --params params.yaml --dives data/prepared/dives.parquet --out data/decoded``
 
 Writes ``cache/<key>.safetensors.zst`` (one per dive, incremental: only new or changed dives are
-decoded), ``manifest.parquet``, ``failures.parquet`` and ``stats.json`` (DVC metric) into ``--out``.
-Logs ``decode: computed N, reused M (...)``. Exit status 1 when a video fails with
-``decode.on_error: fail``, 2 for bad params or a bad dive table.
+decoded), ``manifest.parquet``, ``failures.parquet``, ``stats.json`` (counts, a DVC metric) and
+``timings.json`` (not tracked) into ``--out``. Logs ``decode: computed N, reused M (...)``. Exit
+status 2, with a message naming the file, for bad params, a bad dive table, or a video that fails with
+``decode.on_error: fail`` (no manifest is written then).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
 from hpmcore.data.canonical import DatasetError, read_annotations
-from hpmcore.extraction.cache import FAILURES, MANIFEST, STATS, ExtractionFailed
+from hpmcore.extraction.cache import ExtractionFailed
 from hpmcore.extraction.decode import decode_videos
-from hpmcore.io import write_json, write_parquet
 from hpmcore.logs import setup_logging
 
 log = logging.getLogger("stages.decode")
@@ -43,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         result = decode_videos(dives, params.decode, root=root, out_dir=args.out)
     except ExtractionFailed as exc:
         log.error("%s", exc)
-        return 1
-    write_parquet(result.manifest, args.out / MANIFEST)
-    write_parquet(result.failures, args.out / FAILURES)
-    write_json(result.stats, args.out / STATS)
+        return 2
+    result.write(args.out)
     return 0
 
 

@@ -3,10 +3,11 @@
 Usage: ``python stages/features.py --params params.yaml --decoded data/decoded --out data/features``
 
 Writes ``cache/<key>.safetensors`` (``i3d`` (num_clips, 1024), ``static`` (T, 368); incremental),
-``manifest.parquet`` (with the encoders' weights hashes, or ``random-init``), ``failures.parquet`` and
-``stats.json`` (DVC metric) into ``--out``. Logs ``features: computed N, reused M (...)``. Exit
-status 1 when a video fails with ``features.on_error: fail``, 2 for bad params, a missing or
-mismatched weights file (nothing is written then) or a bad decode manifest.
+``manifest.parquet`` (with the encoders' weights hashes, or ``random-init``), ``failures.parquet``,
+``stats.json`` (counts, a DVC metric) and ``timings.json`` (not tracked) into ``--out``. Logs
+``features: computed N, reused M (...)``. Exit status 2, with a message naming the file, for bad
+params, a missing or mismatched weights file (nothing is written then), a bad decode manifest, or a
+video that fails with ``features.on_error: fail`` (no manifest is written then).
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import sys
 from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
-from hpmcore.extraction.cache import FAILURES, MANIFEST, STATS, ExtractionFailed, ManifestError
+from hpmcore.extraction.cache import ExtractionFailed, ManifestError
 from hpmcore.extraction.features import extract_features
-from hpmcore.io import write_json, write_parquet
 from hpmcore.logs import setup_logging
 from hpmcore.models.checkpoints import CheckpointError
 
@@ -41,10 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ExtractionFailed as exc:
         log.error("%s", exc)
-        return 1
-    write_parquet(result.manifest, args.out / MANIFEST)
-    write_parquet(result.failures, args.out / FAILURES)
-    write_json(result.stats, args.out / STATS)
+        return 2
+    result.write(args.out)
     return 0
 
 

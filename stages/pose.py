@@ -5,12 +5,12 @@ Usage: ``python stages/pose.py --params params.yaml --dives data/prepared/dives.
 
 Writes ``cache/<key>.safetensors`` (``xy`` (T, 16, 2), ``confidence`` (T, 16), ``source_frame`` (T,);
 incremental: only new or changed dives are computed), ``skeletons.parquet`` (the sampled skeleton
-table of :mod:`hpmcore.extraction.pose.table`), ``failures.parquet`` and ``stats.json`` (DVC metric)
-into ``--out``. The skeletons are taken at the decode manifest's sampled frames; dives missing from
-it (failed decoding) are left out. Logs ``pose: computed N,
-reused M (...)``. Exit status 1 when a dive fails with ``pose.on_error: fail``, 2 for bad params, a
-bad dive table or decode manifest, a missing skeletons table, checkpoint or model config (nothing is
-written then).
+table of :mod:`hpmcore.extraction.pose.table`), ``failures.parquet``, ``stats.json`` (counts, a DVC
+metric) and ``timings.json`` (not tracked) into ``--out``. The skeletons are taken at the decode
+manifest's sampled frames; dives missing from it (failed decoding) are left out. Logs ``pose:
+computed N, reused M (...)``. Exit status 2, with a message naming the file, for bad params, a bad
+dive table or decode manifest, a missing skeletons table, checkpoint or model config (nothing is
+written then), or a dive that fails with ``pose.on_error: fail`` (no table is written then).
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
 from hpmcore.data.canonical import DatasetError, read_annotations
-from hpmcore.extraction.cache import FAILURES, MANIFEST, STATS, ExtractionFailed, ManifestError, read_manifest
+from hpmcore.extraction.cache import MANIFEST, ExtractionFailed, ManifestError, read_manifest
 from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
 from hpmcore.extraction.pose.stage import extract_pose
 from hpmcore.extraction.pose.table import SKELETONS, PoseError
-from hpmcore.io import write_json, write_parquet
 from hpmcore.logs import setup_logging
 from hpmcore.models.checkpoints import CheckpointError
 
@@ -58,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ExtractionFailed as exc:
         log.error("%s", exc)
-        return 1
-    write_parquet(result.manifest, args.out / SKELETONS)
-    write_parquet(result.failures, args.out / FAILURES)
-    write_json(result.stats, args.out / STATS)
+        return 2
+    result.write(args.out, manifest_name=SKELETONS)
     return 0
 
 

@@ -109,7 +109,8 @@ def test_decoded_frames_are_decode_dive_output_and_the_manifest_describes_them(
         assert row["path"] == f"cache/{row['key']}.safetensors.zst"
     assert result.failures.num_rows == 0 and result.failures.schema.equals(FAILURE_SCHEMA)
     assert result.stats["computed"] == 3 and result.stats["reused"] == 0 and result.stats["videos"] == 3
-    assert result.stats["frames_per_s"] > 0
+    assert result.stats == {"videos": 3, "computed": 3, "reused": 0, "failed": 0, "removed": 0}
+    assert result.timings["frames_per_s"] > 0 and result.timings["seconds"] > 0
     meta = json.loads(result.manifest.schema.metadata[b"hpmcore.decode"])
     assert meta["params"] == {"num_frames": 16, "width": 32, "height": 32, "min_source_frames": 8}
 
@@ -339,15 +340,18 @@ def test_decode_stage_script_writes_outputs_or_fails_without_a_manifest(
         "failures.parquet",
         "manifest.parquet",
         "stats.json",
+        "timings.json",
     ]
     stats = json.loads((out / "stats.json").read_text())
+    assert stats == {"videos": 3, "computed": 3, "reused": 0, "failed": 0, "removed": 0}  # no timings
+    assert json.loads((out / "timings.json").read_text())["videos_per_s"] > 0
     assert (stats["computed"], stats["reused"], stats["failed"]) == (3, 0, 0)
     assert pq.read_table(out / "manifest.parquet").num_rows == 3
 
     (tmp_path / "v2.mp4").write_bytes(b"")  # now one video is broken, on_error: fail (default)
     shutil.rmtree(out)
     with caplog.at_level(logging.ERROR):
-        assert main(["--params", str(params), "--dives", str(dives), "--out", str(out)]) == 1
+        assert main(["--params", str(params), "--dives", str(dives), "--out", str(out)]) == 2
     assert "v2.mp4" in caplog.text and "empty file" in caplog.text
     assert not (out / "manifest.parquet").exists() and not (out / "stats.json").exists()
 
@@ -489,17 +493,22 @@ def test_flow_logs_stage_counts_throughput_and_failures_to_mlflow(tmp_path: Path
     reports = stage_reports(PROJECT)  # read from dvc.yaml: no repro needed
     assert reports["decode"]["metrics"] == [PROJECT / "data/decoded/stats.json"]
     assert reports["decode"]["failures"] == [PROJECT / "data/decoded/failures.parquet"]
+    assert reports["decode"]["timings"] == [PROJECT / "data/decoded/timings.json"]
     assert reports["features"]["failures"] == [PROJECT / "data/features/failures.parquet"]
 
     stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({"videos": 4, "computed": 1, "reused": 2, "failed": 1, "videos_per_s": 3.5}))
+    stats.write_text(json.dumps({"videos": 4, "computed": 1, "reused": 2, "failed": 1}))
+    timings = tmp_path / "timings.json"
+    timings.write_text(json.dumps({"seconds": 2.0, "videos_per_s": 3.5}))
     failures = tmp_path / "failures.parquet"
     pq.write_table(
         failures_table([Failure("decode", "v/9", "v9.mp4", None, "v9.mp4: empty file (0 bytes)")]), failures
     )
     state = tmp_path / "state"
     with tracking.start_run(state, "t", run_name="r") as run:
-        logged = log_stage_reports("decode", {"metrics": [stats], "failures": [failures]})
+        logged = log_stage_reports(
+            "decode", {"metrics": [stats], "failures": [failures], "timings": [timings]}
+        )
     assert logged["decode.failed"] == 1 and logged["decode.videos_per_s"] == 3.5
     finished = tracking.client(state).get_run(run.info.run_id)
     assert finished.data.metrics["decode.computed"] == 1 and finished.data.metrics["decode.reused"] == 2

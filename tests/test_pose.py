@@ -531,7 +531,7 @@ def test_extract_pose_reuses_entries_and_recomputes_only_a_changed_skeleton(
     assert pose_metadata(first.manifest)["source"] == "skeletons"
     assert first.failures.num_rows == 0 and first.failures.schema.equals(FAILURE_SCHEMA)
     assert (first.stats["computed"], first.stats["reused"], first.stats["videos"]) == (3, 0, 3)
-    assert first.stats["frames_per_s"] > 0
+    assert first.timings["frames_per_s"] > 0
     entries = sorted(p.name for p in (out / "cache").iterdir())
     assert len(entries) == 3 and all(e.endswith(".safetensors") for e in entries)
 
@@ -693,6 +693,7 @@ def test_pose_stage_script_writes_outputs_or_nothing(
         "failures.parquet",
         "skeletons.parquet",
         "stats.json",
+        "timings.json",
     ]
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["computed"], stats["reused"], stats["failed"]) == (3, 0, 0)
@@ -709,7 +710,7 @@ def test_pose_stage_script_writes_outputs_or_nothing(
         assert pose_main(args) == 2
     assert "missing.parquet: skeleton table not found" in caplog.text and not out.exists()
 
-    # a broken annotation for one dive with on_error: fail (the default): exit 1, no table
+    # a broken annotation for one dive with on_error: fail (the default): exit 2, no table
     del settings["pose"]["annotations_path"]
     params.write_text(yaml.safe_dump(settings))
     gt = pq.read_table(tmp_path / "synth" / "skeletons.parquet")
@@ -719,7 +720,7 @@ def test_pose_stage_script_writes_outputs_or_nothing(
     )
     caplog.clear()
     with caplog.at_level(logging.ERROR):
-        assert pose_main(args) == 1
+        assert pose_main(args) == 2
     assert f"no skeleton rows for dive {first!r}" in caplog.text and not (out / SKELETONS).exists()
 
 
@@ -735,6 +736,7 @@ def test_pose_is_a_dvc_stage_between_decode_and_training_reported_by_the_flow() 
     assert reports == {
         "metrics": [project / "data/pose/stats.json"],
         "failures": [project / "data/pose/failures.parquet"],
+        "timings": [project / "data/pose/timings.json"],
     }
     stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
     pose = stages["pose"]

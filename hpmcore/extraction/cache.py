@@ -61,7 +61,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm import tqdm
 
-from hpmcore.io import atomic_path, read_parquet
+from hpmcore.io import atomic_path, read_parquet, write_json, write_parquet
 
 __all__ = [
     "CACHE_DIR",
@@ -70,6 +70,7 @@ __all__ = [
     "MANIFEST",
     "STATS",
     "SUFFIX",
+    "TIMINGS",
     "ZSTD_SUFFIX",
     "CacheRun",
     "Compute",
@@ -106,7 +107,11 @@ MANIFEST = "manifest.parquet"
 FAILURES = "failures.parquet"
 """One row per dive that failed (:data:`FAILURE_SCHEMA`); empty when none did."""
 STATS = "stats.json"
-"""Counts and throughput of the run (a DVC metric, logged to MLflow by the flow)."""
+"""Counts of the run: videos, computed, reused, failed, removed (a git-tracked DVC metric: it holds no
+timings, so a rerun that changes nothing leaves it as it was)."""
+TIMINGS = "timings.json"
+"""Timings and throughput of the run (seconds, videos/s, …, the executor): not a DVC output and
+git-ignored (it differs on every run); the flow logs it to MLflow with the stage's metrics."""
 
 SUFFIX = ".safetensors"
 ZSTD_SUFFIX = ".safetensors.zst"
@@ -353,20 +358,22 @@ class CacheRun:
             f"(failed {len(self.failures)}, removed {len(self.removed)} stale)"
         )
 
-    def stats(self) -> dict[str, Any]:
-        """Counts and throughput (``videos_per_s`` only when something was computed)."""
-        stats: dict[str, Any] = {
+    def stats(self) -> dict[str, int]:
+        """Counts (``stats.json``): the same inputs and cache give the same counts."""
+        return {
             "videos": len(self.items),
             "computed": len(self.computed),
             "reused": len(self.reused),
             "failed": len(self.failures),
             "removed": len(self.removed),
-            "seconds": round(self.seconds, 3),
-            "compute_seconds": round(self.compute_seconds, 3),
         }
+
+    def timings(self) -> dict[str, float]:
+        """Timings and throughput (``timings.json``; ``videos_per_s`` only when something was computed)."""
+        timings = {"seconds": round(self.seconds, 3), "compute_seconds": round(self.compute_seconds, 3)}
         if self.computed and self.compute_seconds > 0:
-            stats["videos_per_s"] = round(len(self.computed) / self.compute_seconds, 3)
-        return stats
+            timings["videos_per_s"] = round(len(self.computed) / self.compute_seconds, 3)
+        return timings
 
 
 Outcome = Entry | ItemError
@@ -533,7 +540,19 @@ class Extraction:
     manifest: pa.Table
     failures: pa.Table
     stats: dict[str, Any]
+    """Counts (:meth:`CacheRun.stats`), the stage's DVC metric."""
+    timings: dict[str, Any]
+    """Timings and throughput (:meth:`CacheRun.timings` and the stage's own rates)."""
     run: CacheRun
+
+    def write(self, out_dir: Path, manifest_name: str = MANIFEST) -> None:
+        """Write the manifest (as ``manifest_name``), the failures table, ``stats.json`` and
+        ``timings.json`` into ``out_dir``, each atomically (the cache entries are there already)."""
+        out_dir = Path(out_dir)
+        write_parquet(self.manifest, out_dir / manifest_name)
+        write_parquet(self.failures, out_dir / FAILURES)
+        write_json(self.stats, out_dir / STATS)
+        write_json(self.timings, out_dir / TIMINGS)
 
 
 def read_manifest(path: Path, schema: pa.Schema) -> pa.Table:

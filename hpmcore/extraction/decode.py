@@ -99,7 +99,7 @@ def decode_videos(
     ``cfg.height`` (:func:`hpmcore.extraction.video.decode_dive`). The entry key covers the source's content
     hash, the frame range, the decode params (not ``on_error``), decord's and Pillow's versions and
     :data:`DECODE_CACHE_VERSION`. Only the cache entries are written here; the caller writes the returned
-    manifest, failures table and stats next to the cache (``MANIFEST``, ``FAILURES``, ``STATS``).
+    manifest, failures table, counts and timings next to the cache (:meth:`Extraction.write`).
 
     Raises:
         ExtractionFailed: ``cfg.on_error == "fail"`` and a dive cannot be decoded.
@@ -198,10 +198,10 @@ def decode_videos(
     manifest = pa.Table.from_pylist(rows, schema=DECODE_MANIFEST_SCHEMA).replace_schema_metadata(
         {"hpmcore.decode": json.dumps({"params": decode_params, "format": "safetensors+zstd"})}
     )
-    stats = run.stats()
-    if "videos_per_s" in stats:
-        stats["frames_per_s"] = round(stats["videos_per_s"] * cfg.num_frames, 1)
-    return Extraction(manifest, failures_table(run.failures), stats, run)
+    timings = run.timings()
+    if "videos_per_s" in timings:
+        timings["frames_per_s"] = round(timings["videos_per_s"] * cfg.num_frames, 1)
+    return Extraction(manifest, failures_table(run.failures), run.stats(), timings, run)
 
 
 def load_decoded(manifest_dir: Path, row: dict[str, Any]) -> torch.Tensor:

@@ -294,7 +294,7 @@ def extract_features(
     """Compute (or reuse) the features of every dive in ``decoded_dir/manifest.parquet``.
 
     Encoders are built (and weights checked) before anything is written. Entries go to
-    ``out_dir/cache``; the caller writes the returned manifest, failures table and stats.
+    ``out_dir/cache``; the caller writes the rest (:meth:`~hpmcore.extraction.cache.Extraction.write`).
 
     Raises:
         CheckpointError: a weights file is missing, mismatched or non-finite (nothing is written).
@@ -404,12 +404,12 @@ def extract_features(
             }
         )
     manifest = pa.Table.from_pylist(out_rows, schema=FEATURES_MANIFEST_SCHEMA)
-    stats = run.stats()
-    if "videos_per_s" in stats:
+    timings = run.timings()
+    if "videos_per_s" in timings:
         computed = [run.metas[i.key] for i in run.computed if i.key is not None]
-        stats["clips_per_s"] = round(sum(int(m["num_clips"]) for m in computed) / run.compute_seconds, 2)
-        stats["frames_per_s"] = round(sum(int(m["num_frames"]) for m in computed) / run.compute_seconds, 1)
-    return Extraction(manifest, failures_table(run.failures), stats, run)
+        timings["clips_per_s"] = round(sum(int(m["num_clips"]) for m in computed) / run.compute_seconds, 2)
+        timings["frames_per_s"] = round(sum(int(m["num_frames"]) for m in computed) / run.compute_seconds, 1)
+    return Extraction(manifest, failures_table(run.failures), run.stats(), timings, run)
 
 
 def _entry(

@@ -157,7 +157,8 @@ def extract_pose(
 
     Computes (or reuses) one entry per dive (see "The pose cache" above) and builds the sampled
     skeleton table from the entries, in dive-table order. Only the cache entries are written here; the
-    caller writes the returned table (``SKELETONS``), failures table and stats next to the cache.
+    caller writes the returned table (as ``SKELETONS``), failures table, counts and timings next to the
+    cache (:meth:`~hpmcore.extraction.cache.Extraction.write`).
 
     Args:
         dives: canonical dive table (at least ``id``, ``video_name``, ``dive_index``, ``video_path``,
@@ -177,7 +178,7 @@ def extract_pose(
         :class:`~hpmcore.extraction.cache.Extraction` whose ``manifest`` is the sampled skeleton table
         (``SAMPLED_SKELETON_SCHEMA``, metadata from :func:`pose_metadata`), ``failures`` the
         :data:`~hpmcore.extraction.cache.FAILURE_SCHEMA` rows (stage ``pose``) of the dives skipped
-        under ``cfg.on_error == "skip"``, and ``stats`` counts and throughput (``stats.json``).
+        under ``cfg.on_error == "skip"``, ``stats`` its counts and ``timings``.
 
     Raises:
         ExtractionFailed: ``cfg.on_error == "fail"`` and a dive failed (missing or malformed
@@ -255,10 +256,10 @@ def extract_pose(
     )
     skeletons = [_load_skeleton(Path(out_dir) / CACHE_DIR, item, num_frames) for item in run.ok]
     table = skeleton_table(skeletons, {**backend.metadata(), "num_frames": num_frames})
-    stats = run.stats()
-    if "videos_per_s" in stats:
-        stats["frames_per_s"] = round(stats["videos_per_s"] * num_frames, 1)
-    return Extraction(table, failures_table(run.failures), stats, run)
+    timings = run.timings()
+    if "videos_per_s" in timings:
+        timings["frames_per_s"] = round(timings["videos_per_s"] * num_frames, 1)
+    return Extraction(table, failures_table(run.failures), run.stats(), timings, run)
 
 
 def _load_skeleton(cache_dir: Path, item: Item, num_frames: int) -> DiveSkeleton:
