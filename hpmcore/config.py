@@ -124,6 +124,9 @@ class DecodeConfig:
     """Dives with fewer source frames are rejected as too short."""
     on_error: Literal["skip", "fail"] = "fail"
     """An unreadable or too-short video: ``skip`` records it in the failures table, ``fail`` stops."""
+    allow_outside_root: bool = False
+    """Read a ``video_path`` that leaves ``data.root`` (absolute, ``..``, a symlink out of it); refused
+    by default: such a file is read from anywhere on the machine and is not a DVC dependency."""
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for impossible decoding settings."""

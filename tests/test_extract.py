@@ -357,6 +357,113 @@ def test_decode_stage_script_writes_outputs_or_fails_without_a_manifest(
 
 
 # --------------------------------------------------------------------------------------------------
+# Inputs that would escape the dataset root or never end (issue 8).
+
+
+def test_video_paths_leaving_the_root_are_refused_unless_allowed(
+    make_video: MAKE, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    make_video(30, name="root/in.mp4")
+    make_video(30, name="outside/out.mp4", first=50)
+    (root / "link.mp4").symlink_to(outside / "out.mp4")  # a symlink out of the root
+    (root / "alias.mp4").symlink_to(root / "in.mp4")  # a symlink that stays inside: fine
+    rows = [
+        ("in/1", "in.mp4", 0, 29),
+        ("abs/1", str(outside / "out.mp4"), 0, 29),
+        ("up/1", "../outside/out.mp4", 0, 29),
+        ("link/1", "link.mp4", 0, 29),
+        ("alias/1", "alias.mp4", 0, 29),
+    ]
+    cfg = DecodeConfig(num_frames=16, width=32, height=32, min_source_frames=8, on_error="skip")
+    result = decode_videos(_dives(rows), cfg, root=root, out_dir=tmp_path / "d1", progress=False)
+    assert result.manifest.column("id").to_pylist() == ["in/1", "alias/1"]
+    failures = {f["id"]: f for f in result.failures.to_pylist()}
+    assert sorted(failures) == ["abs/1", "link/1", "up/1"]
+    assert all(f["key"] is None and "outside data.root" in f["reason"] for f in failures.values())
+    assert failures["abs/1"]["reason"].startswith(f"{outside / 'out.mp4'}: absolute video_path")
+    assert failures["up/1"]["reason"].startswith(f"{root / '../outside/out.mp4'}: resolves to {outside}")
+    assert failures["link/1"]["reason"].startswith(f"{root / 'link.mp4'}: resolves to {outside}")
+    assert "decode.allow_outside_root: true" in failures["link/1"]["reason"]
+
+    allowed = decode_videos(
+        _dives(rows),
+        DecodeConfig(num_frames=16, width=32, height=32, min_source_frames=8, allow_outside_root=True),
+        root=root,
+        out_dir=tmp_path / "d2",
+        progress=False,
+    )
+    assert allowed.manifest.num_rows == 5 and allowed.failures.num_rows == 0
+
+    # the stage script with on_error: fail: exit 2 naming the path, no manifest
+    from stages.decode import main
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"data": {"root": "root"}, "decode": {"num_frames": 16}}))
+    pq.write_table(_dives(rows[:3]), tmp_path / "dives.parquet")
+    out = tmp_path / "decoded"
+    with caplog.at_level(logging.ERROR):
+        assert (
+            main(["--params", str(params), "--dives", str(tmp_path / "dives.parquet"), "--out", str(out)])
+            == 2
+        )
+    assert f"{outside / 'out.mp4'}: absolute video_path, outside data.root" in caplog.text
+    assert not (out / "manifest.parquet").exists()
+
+
+@pytest.mark.skipif(
+    not Path("/dev/zero").exists() or not hasattr(os, "mkfifo"), reason="needs /dev/zero, mkfifo"
+)
+def test_devices_and_fifos_are_refused_before_they_are_opened(
+    three_videos: list[SyntheticVideo], tmp_path: Path
+) -> None:
+    """/dev/zero as a video hung the decode stage forever (hashing an endless file), a FIFO blocks on
+    open: both are refused by their file type, even with allow_outside_root. The stage runs in a
+    subprocess with a timeout, so a regression fails instead of hanging the suite."""
+    from pipeline_project import project_env
+
+    os.mkfifo(tmp_path / "fifo.mp4")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    os.mkfifo(folder / "00000.jpg")  # a frame of a frame folder
+    rows = [
+        ("v/0", three_videos[0].path.name, 0, 29),
+        ("zero/1", "/dev/zero", 0, 29),
+        ("fifo/1", "fifo.mp4", 0, 29),
+        ("folder/1", "frames", 0, 0),
+    ]
+    pq.write_table(_dives(rows), tmp_path / "dives.parquet")
+    params = tmp_path / "params.yaml"
+
+    def stage(on_error: str) -> subprocess.CompletedProcess[str]:
+        decode = {"num_frames": 16, "width": 32, "height": 32, "min_source_frames": 8}
+        decode.update(on_error=on_error, allow_outside_root=True)
+        params.write_text(yaml.safe_dump({"data": {"root": "."}, "decode": decode}))
+        cmd = [sys.executable, str(PROJECT / "stages/decode.py"), "--params", str(params)]
+        cmd += ["--dives", str(tmp_path / "dives.parquet"), "--out", str(tmp_path / f"out-{on_error}")]
+        env = project_env(tmp_path)
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    skipped = stage("skip")
+    assert skipped.returncode == 0, skipped.stderr
+    failures = {
+        f["id"]: f["reason"] for f in pq.read_table(tmp_path / "out-skip/failures.parquet").to_pylist()
+    }
+    assert failures == {
+        "zero/1": "/dev/zero: not a regular file but a character device",
+        "fifo/1": f"{tmp_path / 'fifo.mp4'}: not a regular file but a FIFO",
+        "folder/1": f"{folder / '00000.jpg'}: not a regular file but a FIFO",
+    }
+    assert pq.read_table(tmp_path / "out-skip/manifest.parquet").column("id").to_pylist() == ["v/0"]
+
+    failed = stage("fail")
+    assert failed.returncode == 2
+    assert "decode: /dev/zero (dive zero/1) failed: /dev/zero: not a regular file" in failed.stderr
+    assert not (tmp_path / "out-fail/manifest.parquet").exists()
+
+
+# --------------------------------------------------------------------------------------------------
 # The engine itself.
 
 

@@ -237,6 +237,55 @@ def test_annotations_npz_wrong_shape_names_the_file(tmp_path: Path) -> None:
     assert set(table.column("id").to_pylist()) == {"vid/4"} and table.num_rows == 96 * NUM_JOINTS
 
 
+def _npz_declaring(path: Path, shape: tuple[int, ...]) -> None:
+    """A few-hundred-byte ``.npz`` whose ``pred.npy`` header declares ``shape`` float32 (a size bomb:
+    ``np.load`` would allocate all of it)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_2_0(header, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("pred.npy", header.getvalue() + bytes(64))
+
+
+def test_an_npz_declaring_1e11_frames_is_refused_from_its_header(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, dives, _ = _npz_dataset(tmp_path, 2)
+    _frame_folder(root, "FINADiving_MTL_256s/vid/7", 0, 50)
+    bomb = root / POSE_DIR / "vid" / "pred_comp_7.npz"
+    _npz_declaring(bomb, (10**11, NUM_JOINTS, 2))
+    both = pa.concat_tables([dives, _dives(("vid", 7, "FINADiving_MTL_256s/vid/7", 0, 49))])
+
+    # on_error: skip completes the stage without that dive
+    table, failures = _skeletons(
+        both, root, PoseConfig(source="finediving-npz", on_error="skip"), num_frames=96
+    )
+    assert set(table.column("id").to_pylist()) == {"vid/3"}
+    (failure,) = failures.to_pylist()
+    assert failure["id"] == "vid/7"
+    assert failure["reason"].startswith(f"{bomb}: 'pred' declares shape (100000000000, 16, 2) of float32")
+
+    # the stage script with on_error: fail: exit 2 naming the file, no table
+    import yaml
+
+    from stages.decode import main as decode_main
+    from stages.pose import main as pose_main
+
+    params = tmp_path / "params.yaml"
+    settings = {"data": {"root": "fd"}, "decode": {"num_frames": 96}, "pose": {"source": "finediving-npz"}}
+    params.write_text(yaml.safe_dump(settings))
+    pq.write_table(both, tmp_path / "dives.parquet")
+    decoded, out = tmp_path / "decoded", tmp_path / "pose"
+    common = ["--params", str(params), "--dives", str(tmp_path / "dives.parquet")]
+    assert decode_main([*common, "--out", str(decoded)]) == 0
+    with caplog.at_level(logging.ERROR):
+        assert pose_main([*common, "--decoded", str(decoded), "--out", str(out)]) == 2
+    assert f"{bomb}: 'pred' declares shape (100000000000, 16, 2)" in caplog.text
+    assert not (out / SKELETONS).exists()
+
+
 def test_annotations_missing_pose_file_and_a_dive_decode_left_out(tmp_path: Path) -> None:
     root, dives, _ = _npz_dataset(tmp_path, 2)
     (root / POSE_DIR / "vid" / "pred_comp_3.npz").unlink()

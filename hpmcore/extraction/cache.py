@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -81,6 +82,7 @@ __all__ = [
     "Item",
     "ItemError",
     "ManifestError",
+    "NotRegularFile",
     "Outcome",
     "digest",
     "entry_path",
@@ -89,6 +91,7 @@ __all__ = [
     "per_item",
     "read_entry_meta",
     "read_manifest",
+    "resolve_source",
     "run_cached",
     "save_entry",
     "sha256_file",
@@ -133,10 +136,65 @@ FAILURE_SCHEMA = pa.schema(
 # Hashing.
 
 
+class NotRegularFile(OSError):
+    """A path that is neither a regular file nor a folder (a device, FIFO or socket): reading it could
+    block forever (a FIFO) or never end (``/dev/zero``), so it is refused before it is opened."""
+
+
 def sha256_file(path: Path) -> str:
-    """``"sha256:<hex>"`` of a file's bytes."""
+    """``"sha256:<hex>"`` of a file's bytes.
+
+    Raises:
+        NotRegularFile: ``path`` (after symlinks) is a device, FIFO or socket (checked before opening).
+        OSError: it cannot be read.
+    """
+    kind = _kind(os.stat(path).st_mode)
+    if kind != "regular file":
+        raise NotRegularFile(f"{path}: not a regular file but a {kind}")
     with open(path, "rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def resolve_source(root: Path, video_path: str, *, allow_outside_root: bool = False) -> Path:
+    """``root / video_path``, refused when it leaves the dataset root.
+
+    ``video_path`` must be relative and, with every symlink and ``..`` resolved, lie inside ``root``
+    (which may itself be a symlink): a path outside it would be read from anywhere on the machine, and
+    it is not a DVC dependency of the stage. ``allow_outside_root`` (``decode.allow_outside_root``)
+    allows it knowingly.
+
+    Raises:
+        ItemError: an empty, absolute or escaping ``video_path`` (the message names it and the root).
+    """
+    root = Path(root)
+    if not video_path or "\0" in video_path:
+        raise ItemError(f"{root}: video_path {video_path!r} is not a path")
+    path = root / video_path
+    if allow_outside_root:
+        return path
+    hint = "set decode.allow_outside_root: true to read it anyway (it is then not a DVC dependency)"
+    if Path(video_path).is_absolute():
+        raise ItemError(f"{path}: absolute video_path, outside data.root {root}; {hint}")
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        raise ItemError(
+            f"{path}: resolves to {real}, outside data.root {real_root} ('..' or a symlink); {hint}"
+        )
+    return path
 
 
 def source_hash(path: Path, frame_suffixes: Iterable[str] = (".jpg", ".jpeg")) -> str:
@@ -146,7 +204,9 @@ def source_hash(path: Path, frame_suffixes: Iterable[str] = (".jpg", ".jpeg")) -
     other files are ignored (the decoder ignores them too).
 
     Raises:
-        ItemError: the path does not exist or cannot be read (the message names it).
+        ItemError: the path does not exist, cannot be read, or is (or holds a frame that is) neither a
+            regular file nor a folder (a device or a FIFO is refused before it is opened); the message
+            names it.
     """
     path = Path(path)
     try:
@@ -162,6 +222,8 @@ def source_hash(path: Path, frame_suffixes: Iterable[str] = (".jpg", ".jpeg")) -
         if not path.exists():
             raise ItemError(f"{path}: file not found")
         return sha256_file(path)
+    except NotRegularFile as exc:
+        raise ItemError(str(exc)) from None
     except OSError as exc:
         raise ItemError(f"{path}: cannot be read ({exc.strerror or exc})") from None
 

@@ -27,6 +27,7 @@ from hpmcore.extraction.cache import (
     failures_table,
     load_entry,
     per_item,
+    resolve_source,
     run_cached,
     source_hash,
 )
@@ -96,10 +97,14 @@ def decode_videos(
 
     Each dive's ``video_path`` (mp4 or frame folder, relative to ``root``) is decoded frames
     ``start_frame .. end_frame``, sampled to ``cfg.num_frames`` and resized to ``cfg.width`` ×
-    ``cfg.height`` (:func:`hpmcore.extraction.video.decode_dive`). The entry key covers the source's content
-    hash, the frame range, the decode params (not ``on_error``), decord's and Pillow's versions and
-    :data:`DECODE_CACHE_VERSION`. Only the cache entries are written here; the caller writes the returned
-    manifest, failures table, counts and timings next to the cache (:meth:`Extraction.write`).
+    ``cfg.height`` (:func:`hpmcore.extraction.video.decode_dive`). A ``video_path`` that leaves ``root``
+    (absolute, ``..``, a symlink out; unless ``cfg.allow_outside_root``) or that is neither a regular
+    file nor a folder (a device, a FIFO) fails like an unreadable video, before it is opened
+    (:func:`~hpmcore.extraction.cache.resolve_source`, :func:`~hpmcore.extraction.cache.source_hash`).
+    The entry key covers the source's content hash, the frame range, the decode params (not
+    ``on_error`` nor ``allow_outside_root``), decord's and Pillow's versions and
+    :data:`DECODE_CACHE_VERSION`. Only the cache entries are written here; the caller writes the
+    returned manifest, failures table, counts and timings next to the cache (:meth:`Extraction.write`).
 
     Raises:
         ExtractionFailed: ``cfg.on_error == "fail"`` and a dive cannot be decoded.
@@ -131,6 +136,7 @@ def decode_videos(
         path = root / row["video_path"]
         if path not in hashes:
             try:
+                resolve_source(root, row["video_path"], allow_outside_root=cfg.allow_outside_root)
                 hashes[path] = source_hash(path, FRAME_SUFFIXES)
             except ItemError as exc:
                 hashes[path] = exc

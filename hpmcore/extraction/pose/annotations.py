@@ -21,6 +21,8 @@ frames. The frame size comes from the dive's video.
 from __future__ import annotations
 
 import hashlib
+import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,12 @@ import numpy as np
 from hpmcore.config import PoseConfig, project_path
 from hpmcore.data.canonical import NUM_JOINTS, SKELETON_SCHEMA, DatasetError
 from hpmcore.data.finediving import POSE_DIR, linspace_indices, read_finediving_pose, read_mpii_json
-from hpmcore.extraction.cache import sha256_file
+from hpmcore.extraction.cache import NotRegularFile, sha256_file
 from hpmcore.extraction.pose.table import PIXEL_SPACE, DiveSkeleton, group_rows
 from hpmcore.extraction.video import probe
 from hpmcore.io import read_parquet
 
-__all__ = ["MPII_JSON_DIR", "NPZ_SAMPLES", "Annotations", "read_skeleton_table"]
+__all__ = ["MPII_JSON_DIR", "NPZ_SAMPLES", "Annotations", "check_npz_size", "read_skeleton_table"]
 
 MPII_JSON_DIR = "FineDiving-Pose-MPII"
 """Default folder (under the dataset root) of the MPII-style JSON files, one per dive."""
@@ -168,7 +170,9 @@ class Annotations:
     def _from_npz(
         self, row: dict, start: int, end: int, offsets: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        pred = read_finediving_pose(self._npz_path(row), NPZ_SAMPLES)  # (96, 16, C), C = 2 or 3
+        path = self._npz_path(row)
+        check_npz_size(path)  # before np.load allocates what the file declares
+        pred = read_finediving_pose(path, NPZ_SAMPLES)  # (96, 16, C), C = 2 or 3
         if pred.shape[2] == 2:
             pred = np.concatenate([pred, np.ones((*pred.shape[:2], 1), dtype=np.float32)], axis=2)
         at = linspace_indices(start, end, NPZ_SAMPLES)  # (96,) offsets of the npz frames
@@ -192,6 +196,43 @@ class Annotations:
                 f"({row['start_frame']}..{row['end_frame']}); expected one entry per frame"
             )
         return joints[offsets], visible[offsets].astype(np.float32)
+
+
+def check_npz_size(path: Path, key: str = "pred", max_values: int = NPZ_SAMPLES * NUM_JOINTS * 3) -> None:
+    """Refuse a ``.npz`` whose array ``key`` declares more than ``max_values`` values (or a dtype wider
+    than 8 bytes), reading only the ``.npy`` header inside the zip: ``np.load`` allocates whatever
+    the header declares, so a file of a few hundred bytes declaring 10¹¹ frames would exhaust memory.
+
+    A missing file or key is left to the reader to report.
+
+    Raises:
+        DatasetError: naming the file, the declared shape and the limit; or an unreadable zip/header.
+    """
+    member = f"{key}.npy"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if member not in archive.namelist():
+                return
+            with archive.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise DatasetError(
+                        f"{path}: {member} has .npy format version {version}, expected 1.0 or 2.0"
+                    )
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: not a readable .npz ({exc})") from None
+    values = math.prod(int(n) for n in shape)
+    if values > max_values or dtype.itemsize > 8 or dtype.hasobject:
+        raise DatasetError(
+            f"{path}: '{key}' declares shape {tuple(shape)} of {dtype} ({values} values); a FineDiving-Pose "
+            f"file holds at most {max_values} numbers ({NPZ_SAMPLES}×{NUM_JOINTS}×3)"
+        )
 
 
 def read_skeleton_table(path: Path) -> dict[str, tuple[np.ndarray, ...]]:
@@ -222,9 +263,11 @@ def read_skeleton_table(path: Path) -> dict[str, tuple[np.ndarray, ...]]:
 
 def _file_hash(path: Path, missing: str) -> str:
     """``sha256:<hex>`` of an annotation file; ``DatasetError`` "<path>: <missing>" when there is none."""
-    if not path.is_file():
+    if not path.exists():
         raise DatasetError(f"{path}: {missing}")
     try:
         return sha256_file(path)
+    except NotRegularFile as exc:  # a FIFO or a device: refused before it is opened
+        raise DatasetError(str(exc)) from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot be read ({exc.strerror or exc})") from None
