@@ -8,6 +8,7 @@ values of the wrong type raise :class:`ConfigError` naming the file and the dott
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,27 @@ class ConfigError(ValueError):
 
 ExemplarMode = Literal["dive_number", "difficulty", "any"]
 """How exemplars are chosen: same dive number (w/ DN), same DD, or any train video (w/o DN)."""
+
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit unsigned integers (numpy's legacy seeding takes no more)."""
+MAX_SIDE = 4096
+"""Largest frame width/height (px) rendered or decoded."""
+MAX_FRAMES = 4096
+"""Largest number of frames sampled per dive (``decode.num_frames``) or rendered per synthetic dive."""
+MAX_DECODED_BYTES = 2**31
+"""Largest decoded dive, ``num_frames · height · width · 3`` bytes (2 GiB)."""
+MAX_BATCH = 65536
+"""Largest batch size of any kind."""
+
+
+def _check_range(where: str, value: float, low: float, high: float) -> None:
+    """Raise ``ConfigError`` naming ``where`` unless ``low <= value <= high``."""
+    if not low <= value <= high:
+        raise ConfigError(f"{where} must be in [{low}, {high}], got {value}")
+
+
+def _check_seed(where: str, value: int) -> None:
+    _check_range(where, value, 0, MAX_SEED)
 
 
 @dataclass(frozen=True)
@@ -58,8 +80,14 @@ class SynthConfig:
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values no dataset can be generated from."""
+        _check_seed("synth.seed", self.seed)
         if self.num_dives <= 0:
             raise ConfigError(f"synth.num_dives must be > 0, got {self.num_dives}")
+        _check_range("synth.num_dives", self.num_dives, 1, 1_000_000)
+        _check_range("synth.width", self.width, 32, MAX_SIDE)
+        _check_range("synth.height", self.height, 32, MAX_SIDE)
+        _check_range("synth.max_frames", self.max_frames, 24, MAX_FRAMES)
+        _check_range("synth.fps", self.fps, 1, 1000)
         if self.width < 32 or self.height < 32:
             raise ConfigError(f"synth.width/height must be >= 32 px, got {self.width}x{self.height}")
         if self.width % 2 or self.height % 2:
@@ -136,6 +164,15 @@ class DecodeConfig:
             raise ConfigError(f"decode.width/height must be >= 16 px, got {self.width}x{self.height}")
         if self.min_source_frames < 2:
             raise ConfigError(f"decode.min_source_frames must be >= 2, got {self.min_source_frames}")
+        _check_range("decode.num_frames", self.num_frames, 16, MAX_FRAMES)
+        _check_range("decode.width", self.width, 16, MAX_SIDE)
+        _check_range("decode.height", self.height, 16, MAX_SIDE)
+        _check_range("decode.min_source_frames", self.min_source_frames, 2, 2**31 - 1)
+        if self.num_frames * self.width * self.height * 3 > MAX_DECODED_BYTES:
+            raise ConfigError(
+                f"decode.num_frames x height x width x 3 = {self.num_frames * self.width * self.height * 3} "
+                f"bytes per dive, more than {MAX_DECODED_BYTES} (2 GiB)"
+            )
 
 
 @dataclass(frozen=True)
@@ -241,6 +278,12 @@ class FeaturesConfig:
             raise ConfigError(f"features.crop_size must be >= 16 px or null, got {self.crop_size}")
         if self.batch_size < 1:
             raise ConfigError(f"features.batch_size must be >= 1, got {self.batch_size}")
+        _check_seed("features.init_seed", self.init_seed)
+        _check_range("features.clip_len", self.clip_len, 1, MAX_FRAMES)
+        _check_range("features.clip_stride", self.clip_stride, 1, MAX_FRAMES)
+        _check_range("features.batch_size", self.batch_size, 1, MAX_BATCH)
+        if self.crop_size is not None:
+            _check_range("features.crop_size", self.crop_size, 16, MAX_SIDE)
 
 
 @dataclass(frozen=True)
@@ -434,6 +477,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "t_max", "val_exemplars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+            high = MAX_BATCH if name == "batch_size" else 10**6
+            _check_range(f"train.{name}", getattr(self, name), 1, high)
         if not self.lr > 0 or self.weight_decay < 0 or not self.static_trunk_lr_factor >= 0:
             raise ConfigError("train.lr must be > 0, weight_decay and static_trunk_lr_factor >= 0")
         if self.schedule not in ("cyclic", "monotone", "constant"):
@@ -508,6 +553,10 @@ class EvalConfig:
             raise ConfigError(f"eval.num_voter_draws must be >= 1, got {self.num_voter_draws}")
         if self.pair_batch_size < 1 or self.encode_batch_size < 1:
             raise ConfigError("eval batch sizes must be >= 1")
+        _check_range("eval.exemplars", self.exemplars, 1, 10**6)
+        _check_range("eval.num_voter_draws", self.num_voter_draws, 1, 10**4)
+        _check_range("eval.pair_batch_size", self.pair_batch_size, 1, 2**20)
+        _check_range("eval.encode_batch_size", self.encode_batch_size, 1, MAX_BATCH)
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"eval.device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -549,6 +598,10 @@ class Params:
     eval: EvalConfig = field(default_factory=EvalConfig.cpu_default)
     core: CoReConfig = field(default_factory=CoReConfig)
 
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for an impossible top-level seed (each section validates itself)."""
+        _check_seed("seed", self.seed)
+
 
 def _check(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` converted to ``tp`` or raise ``ConfigError`` naming ``where``."""
@@ -580,7 +633,13 @@ def _check(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: {value!r} is too large") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")

@@ -36,6 +36,11 @@ and ``frame_labels`` both **null** (:func:`step_label_problem` says why; ``prepa
 training, not counted in tIoU/AIoU; the score is still used. ``[]`` means the source has no step
 labels at all (the same consequence, but not a data error).
 
+**Values** (:func:`value_problem`, checked by every reader and :func:`validate_annotations`): final
+score and judges' marks finite and >= 0, DD finite and > 0, frame numbers in ``0 .. 2**31 - 1``,
+``video_name`` one printable path component (not empty, ``.``/``..``, no ``/``, ``\\``, NUL or lone
+surrogate), ``id = "<video_name>/<dive_index>"``.
+
 Skeleton table, one row per (dive, frame, joint) (``SKELETON_SCHEMA``): ``id``, ``frame`` (0-based
 within the dive), ``joint`` (0..15, MPII order of spec §1.4), ``x``, ``y`` (pixels of the source video
 frame, origin at the top-left corner, x to the right, y down) and ``confidence`` in [0, 1].
@@ -43,6 +48,7 @@ frame, origin at the top-left corner, x to the right, y down) and ``confidence``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +57,8 @@ import pyarrow as pa
 from hpmcore.io import read_parquet
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+MAX_FRAME = 2**31 - 1
+"""Largest frame number a dive may have (2.7 years of video at 25 fps)."""
 
 MPII_JOINTS: tuple[str, ...] = (
     "right_ankle",
@@ -113,11 +121,61 @@ def dive_id(video_name: str, dive_index: int) -> str:
 
 
 def normalize_dive_number(value: str) -> str:
-    """``"407C"`` → ``"407c"``; surrounding whitespace removed."""
+    """``"407C"`` → ``"407c"``; surrounding whitespace removed.
+
+    Raises:
+        ValueError: an empty dive number, or one with control characters or a lone surrogate.
+    """
     text = str(value).strip()
     if not text:
         raise ValueError("empty dive number")
+    if not text.isprintable():
+        raise ValueError(f"dive number {text!r} has control characters or a lone surrogate")
     return text[:-1] + text[-1].lower() if text[-1].isalpha() else text
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a ``video_name`` (a single path component of printable text), or ``None``.
+
+    ``video_name`` becomes a folder name (FineDiving frame and pose folders, cache lookups), so
+    ``../../etc``, ``a/b``, NUL, empty names and lone surrogates (not encodable) are refused.
+    """
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return f"{name!r} is a relative path"
+    if "/" in name or "\\" in name:
+        return f"{name!r} contains a path separator"
+    if not name.isprintable():
+        return f"{name!r} has a NUL or control character or a lone surrogate"
+    return None
+
+
+def value_problem(row: dict) -> str | None:
+    """Why a canonical row's values are unusable (the scores, DD, frame numbers, names), or ``None``.
+
+    Final score and judges' marks must be finite and >= 0, DD finite and > 0, frame numbers in
+    ``0 .. MAX_FRAME``, dive index >= 0, ``video_name`` a valid name (:func:`name_problem`) and ``id``
+    ``"<video_name>/<dive_index>"``.
+    """
+    reason = name_problem(row["video_name"])
+    if reason is not None:
+        return f"video_name {reason}"
+    if row["id"] != dive_id(row["video_name"], row["dive_index"]):
+        return f"id {row['id']!r} is not '<video_name>/<dive_index>'"
+    if row["dive_index"] < 0:
+        return f"dive_index {row['dive_index']} is negative"
+    if row["start_frame"] < 0 or row["end_frame"] > MAX_FRAME:
+        return f"frames {row['start_frame']}..{row['end_frame']} outside 0..{MAX_FRAME}"
+    if not row["dive_number"] or not row["dive_number"].isprintable():
+        return f"dive_number {row['dive_number']!r} is empty or has control characters"
+    if not (math.isfinite(row["difficulty"]) and row["difficulty"] > 0):
+        return f"difficulty (DD) {row['difficulty']} is not a finite number > 0"
+    if not (math.isfinite(row["final_score"]) and row["final_score"] >= 0):
+        return f"final_score {row['final_score']} is not a finite number >= 0"
+    if any(not (math.isfinite(j) and j >= 0) for j in row["judge_scores"]):
+        return f"judge_scores {row['judge_scores']} are not all finite numbers >= 0"
+    return None
 
 
 def step_label_problem(transitions: Sequence[int], labels: Sequence[int], num_frames: int) -> str | None:
@@ -152,10 +210,13 @@ def annotation_table(rows: list[dict]) -> pa.Table:
     missing = [name for name in ANNOTATION_SCHEMA.names if any(name not in r for r in rows)]
     if missing:
         raise DatasetError(f"annotation rows lack column(s) {sorted(set(missing))}")
-    table = pa.Table.from_pylist(
-        [{name: r[name] for name in ANNOTATION_SCHEMA.names} for r in rows],
-        schema=ANNOTATION_SCHEMA,
-    )
+    try:
+        table = pa.Table.from_pylist(
+            [{name: r[name] for name in ANNOTATION_SCHEMA.names} for r in rows],
+            schema=ANNOTATION_SCHEMA,
+        )
+    except (pa.ArrowException, OverflowError, UnicodeError, TypeError, ValueError) as exc:
+        raise DatasetError(f"annotation rows do not fit the canonical schema ({exc})") from exc
     validate_annotations(table)
     return table
 
@@ -185,6 +246,9 @@ def validate_annotations(table: pa.Table, source: str = "annotation table") -> N
                 f"{source}: dive {rid!r} has num_frames={n} but frames "
                 f"{row['start_frame']}..{row['end_frame']}"
             )
+        reason = value_problem(row)
+        if reason is not None:
+            raise DatasetError(f"{source}: dive {rid!r}: {reason}")
         labels, transitions = row["frame_labels"], row["transitions"]
         if (labels is None) != (transitions is None):
             raise DatasetError(f"{source}: dive {rid!r} has null transitions or frame_labels, not both")

@@ -33,13 +33,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hpmcore.data.canonical import (
+    MAX_FRAME,
     NUM_JOINTS,
     DatasetError,
     annotation_table,
     dive_id,
+    name_problem,
     normalize_dive_number,
     step_label_problem,
     validate_annotations,
+    value_problem,
 )
 from hpmcore.data.safe_pickle import safe_load
 from hpmcore.data.split_files import (
@@ -90,7 +93,8 @@ def linspace_indices(start: int, end: int, num: int = NUM_SAMPLES) -> np.ndarray
 
 
 def _check_key(path: Path, key: Any) -> Key:
-    """A FineDiving key is ``(video_name: str, dive_index: int)``."""
+    """A FineDiving key is ``(video_name: str, dive_index: int)``: a valid folder name
+    (:func:`~hpmcore.data.canonical.name_problem`) and an index in ``0 .. 2**63 - 1``."""
     if (
         not isinstance(key, tuple)
         or len(key) != 2
@@ -99,7 +103,10 @@ def _check_key(path: Path, key: Any) -> Key:
         or not isinstance(key[1], int | np.integer)
     ):
         raise DatasetError(f"{path}: key {key!r} is not a (video_name: str, dive_index: int) tuple")
-    return (str(key[0]), int(key[1]))
+    reason = name_problem(key[0])
+    if reason is not None:
+        raise DatasetError(f"{path}: key {key!r}: video_name {reason}")
+    return (str(key[0]), as_int(path, key, "dive_index", key[1], minimum=0))
 
 
 def _as_str(path: Path, key: Any, name: str, value: Any) -> str:
@@ -118,20 +125,30 @@ def _as_int_list(path: Path, key: Any, name: str, value: Any) -> list[int]:
                 f"{where(path, key)}: {name} should be a 1-D integer array, got dtype {value.dtype} "
                 f"shape {value.shape}"
             )
+        if value.dtype == np.uint64 and value.size and value.max() > np.iinfo(np.int64).max:
+            raise DatasetError(f"{where(path, key)}: {name} has values that do not fit a 64-bit integer")
         return [int(v) for v in value]
     if isinstance(value, list | tuple):
         return [as_int(path, key, f"{name}[{i}]", v) for i, v in enumerate(value)]
     raise DatasetError(f"{where(path, key)}: {name} should be an integer array, got {type(value).__name__}")
 
 
-def _as_float_list(path: Path, key: Any, name: str, value: Any) -> list[float]:
+def _as_float_list(path: Path, key: Any, name: str, value: Any, minimum: float | None = None) -> list[float]:
     if isinstance(value, np.ndarray):
         if value.ndim != 1:
             raise DatasetError(f"{where(path, key)}: {name} should be 1-D, got shape {value.shape}")
         value = value.tolist()
     if not isinstance(value, list | tuple):
         raise DatasetError(f"{where(path, key)}: {name} should be a list, got {type(value).__name__}")
-    return [as_float(path, key, f"{name}[{i}]", v) for i, v in enumerate(value)]
+    return [as_float(path, key, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value)]
+
+
+def _as_dd(path: Path, key: Any, name: str, value: Any) -> float:
+    """A degree of difficulty: a finite number > 0."""
+    dd = as_float(path, key, name, value)
+    if dd <= 0:
+        raise DatasetError(f"{where(path, key)}: {name} is {dd}, not > 0")
+    return dd
 
 
 def _require(path: Path, key: Any, value: dict, names: Sequence[str]) -> None:
@@ -182,8 +199,8 @@ def _parse_aqa(path: Path, key: Any, value: Any) -> _Fine:
     return _Fine(
         source=path,
         dive_number=_as_str(path, key, "dive number (item 1)", dive_number),
-        final_score=as_float(path, key, "final score (item 2)", score),
-        difficulty=as_float(path, key, "DD (item 3)", dd),
+        final_score=as_float(path, key, "final score (item 2)", score, minimum=0),
+        difficulty=_as_dd(path, key, "DD (item 3)", dd),
         transitions=_as_int_list(path, key, "steps_transit_frames (item 4)", transits),
         frame_labels=_as_int_list(path, key, "frames_labels (item 5)", labels),
     )
@@ -196,8 +213,8 @@ def _parse_fine(path: Path, key: Any, value: Any) -> _Fine:
     return _Fine(
         source=path,
         dive_number=_as_str(path, key, "action_type", value["action_type"]),
-        final_score=as_float(path, key, "dive_score", value["dive_score"]),
-        difficulty=as_float(path, key, "difficulty", value["difficulty"]),
+        final_score=as_float(path, key, "dive_score", value["dive_score"], minimum=0),
+        difficulty=_as_dd(path, key, "difficulty", value["difficulty"]),
         transitions=_as_int_list(path, key, "steps_transit_frames", value["steps_transit_frames"]),
         frame_labels=_as_int_list(path, key, "frames_labels", value["frames_labels"]),
     )
@@ -207,18 +224,18 @@ def _parse_coarse(path: Path, key: Any, value: Any) -> _Coarse:
     if not isinstance(value, dict):
         raise DatasetError(f"{where(path, key)}: value should be a dict, got {type(value).__name__}")
     _require(path, key, value, _COARSE_FIELDS)
-    start = as_int(path, key, "start_frame", value["start_frame"])
+    start = as_int(path, key, "start_frame", value["start_frame"], minimum=0)
     end = as_int(path, key, "end_frame", value["end_frame"])
-    if end < start:
-        raise DatasetError(f"{where(path, key)}: end_frame {end} before start_frame {start}")
+    if not start <= end <= MAX_FRAME:
+        raise DatasetError(f"{where(path, key)}: end_frame {end} not in start_frame {start} .. {MAX_FRAME}")
     return _Coarse(
         source=path,
         dive_number=_as_str(path, key, "action_type", value["action_type"]),
-        final_score=as_float(path, key, "dive_score", value["dive_score"]),
-        difficulty=as_float(path, key, "difficulty", value["difficulty"]),
+        final_score=as_float(path, key, "dive_score", value["dive_score"], minimum=0),
+        difficulty=_as_dd(path, key, "difficulty", value["difficulty"]),
         start_frame=start,
         end_frame=end,
-        judge_scores=_as_float_list(path, key, "judge_scores", value["judge_scores"]),
+        judge_scores=_as_float_list(path, key, "judge_scores", value["judge_scores"], minimum=0),
     )
 
 
@@ -483,6 +500,8 @@ def _row(
     if numbers:
         start, end = numbers[0], numbers[-1]
         frames_from = str(root / rel)
+        if start < 0 or end > MAX_FRAME:
+            raise DatasetError(f"{root / rel}: frame numbers {start}..{end} outside 0..{MAX_FRAME}")
         if len(numbers) != end - start + 1:
             report(problems, f"{root / rel}: {len(numbers)} frame files for frames {start}..{end} (gaps)")
     elif coarse is not None:
@@ -506,7 +525,7 @@ def _row(
         transitions = labels = None
     main = fine if fine is not None else coarse
     assert main is not None  # every key comes from a fine-grained or a coarse file
-    return {
+    row = {
         "id": dive_id(video_name, dive_index),
         "video_name": video_name,
         "dive_index": dive_index,
@@ -522,6 +541,10 @@ def _row(
         "frame_labels": labels,
         "split": split,
     }
+    reason = value_problem(row)
+    if reason is not None:
+        raise DatasetError(f"{where(main.source, key)}: {reason}")
+    return row
 
 
 # --------------------------------------------------------------------------------------------------

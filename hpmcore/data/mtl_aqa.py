@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from hpmcore.data.canonical import DatasetError, annotation_table, dive_id, normalize_dive_number
+from hpmcore.data.canonical import (
+    MAX_FRAME,
+    DatasetError,
+    annotation_table,
+    dive_id,
+    normalize_dive_number,
+    value_problem,
+)
 from hpmcore.data.safe_pickle import safe_load
 from hpmcore.data.split_files import as_float, as_int, assign_splits, report_unsplit, where
 
@@ -34,14 +41,15 @@ Key = tuple[int, int]
 
 
 def _check_key(path: Path, key: Any) -> Key:
-    """An MTL-AQA key is ``(video_id: int, dive_idx: int)``."""
+    """An MTL-AQA key is ``(video_id: int, dive_idx: int)``, both in ``0 .. 2**63 - 1``."""
     if (
         not isinstance(key, tuple)
         or len(key) != 2
         or any(isinstance(k, bool) or not isinstance(k, int | np.integer) for k in key)
     ):
         raise DatasetError(f"{path}: key {key!r} is not a (video_id: int, dive_idx: int) tuple")
-    return (int(key[0]), int(key[1]))
+    video_id = as_int(path, key, "video_id", key[0], minimum=0)
+    return (video_id, as_int(path, key, "dive_idx", key[1], minimum=0))
 
 
 def _read_split(path: Path) -> list[Key]:
@@ -58,10 +66,10 @@ def _parse_value(path: Path, key: Key, value: Any) -> dict:
     missing = [name for name in REQUIRED_FIELDS if name not in value]
     if missing:
         raise DatasetError(f"{where(path, key)}: missing field(s) {missing}")
-    start = as_int(path, key, "start_frame", value["start_frame"])
+    start = as_int(path, key, "start_frame", value["start_frame"], minimum=0)
     end = as_int(path, key, "end_frame", value["end_frame"])
-    if end < start:
-        raise DatasetError(f"{where(path, key)}: end_frame {end} before start_frame {start}")
+    if not start <= end <= MAX_FRAME:
+        raise DatasetError(f"{where(path, key)}: end_frame {end} not in start_frame {start} .. {MAX_FRAME}")
     judges = value["judge_scores"]
     if isinstance(judges, np.ndarray):
         if judges.ndim != 1:
@@ -83,7 +91,7 @@ def _parse_value(path: Path, key: Key, value: Any) -> dict:
     except ValueError as exc:
         raise DatasetError(f"{where(path, key)}: dive_number: {exc}") from None
     video_name = f"{key[0]:02d}"
-    return {
+    row = {
         "id": dive_id(video_name, key[1]),
         "video_name": video_name,
         "dive_index": key[1],
@@ -93,11 +101,17 @@ def _parse_value(path: Path, key: Key, value: Any) -> dict:
         "num_frames": end - start + 1,
         "dive_number": dive_number,
         "difficulty": as_float(path, key, "difficulty", value["difficulty"]),
-        "judge_scores": [as_float(path, key, f"judge_scores[{i}]", s) for i, s in enumerate(judges)],
-        "final_score": as_float(path, key, "final_score", value["final_score"]),
+        "judge_scores": [
+            as_float(path, key, f"judge_scores[{i}]", mark, minimum=0) for i, mark in enumerate(judges)
+        ],
+        "final_score": as_float(path, key, "final_score", value["final_score"], minimum=0),
         "transitions": [],
         "frame_labels": [],
     }
+    reason = value_problem(row)  # DD <= 0
+    if reason is not None:
+        raise DatasetError(f"{where(path, key)}: {reason}")
+    return row
 
 
 def _locate(paths: Sequence[Path]) -> tuple[Path, dict[str, list[Path]]]:

@@ -4,6 +4,7 @@ the checks of pickled values (messages name the file and the key)."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ from hpmcore.data.canonical import DatasetError
 log = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def report(problems: list[str] | None, message: str) -> None:
@@ -29,29 +31,61 @@ def where(path: Path, key: Any) -> str:
     return f"{path}: key {key!r}"
 
 
-def as_float(path: Path, key: Any, name: str, value: Any) -> float:
-    """A pickled number (Python or numpy, also a 0-d array) as float; bools and others are refused.
+def as_float(path: Path, key: Any, name: str, value: Any, *, minimum: float | None = None) -> float:
+    """A pickled number (Python or numpy, also a 0-d array) as a finite float; bools and others are refused.
+
+    Args:
+        minimum: if given, the smallest value allowed (scores and marks: 0).
+
+    Raises:
+        DatasetError: naming the file, the key and the field: not a number, NaN or infinite, too
+            large for a float, or below ``minimum``.
+    """
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        raise DatasetError(f"{where(path, key)}: {name} should be a number, got {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise DatasetError(f"{where(path, key)}: {name} is too large ({_short(value)})") from None
+    if not math.isfinite(number):
+        raise DatasetError(f"{where(path, key)}: {name} is {number}, not a finite number")
+    if minimum is not None and number < minimum:
+        raise DatasetError(f"{where(path, key)}: {name} is {number}, below {minimum}")
+    return number
+
+
+def as_int(path: Path, key: Any, name: str, value: Any, *, minimum: int | None = None) -> int:
+    """A pickled whole number (``3`` or ``3.0``) as an int that fits int64.
+
+    Args:
+        minimum: if given, the smallest value allowed (frame numbers: 0).
 
     Raises:
         DatasetError: naming the file, the key and the field.
     """
     if isinstance(value, np.ndarray) and value.shape == ():
         value = value[()]
-    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
-        raise DatasetError(f"{where(path, key)}: {name} should be a number, got {type(value).__name__}")
-    return float(value)
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        number = int(value)
+    else:
+        real = as_float(path, key, name, value)
+        if not real.is_integer():
+            raise DatasetError(f"{where(path, key)}: {name} should be an integer, got {value!r}")
+        number = int(real)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise DatasetError(f"{where(path, key)}: {name} ({_short(number)}) does not fit a 64-bit integer")
+    if minimum is not None and number < minimum:
+        raise DatasetError(f"{where(path, key)}: {name} is {number}, below {minimum}")
+    return number
 
 
-def as_int(path: Path, key: Any, name: str, value: Any) -> int:
-    """A pickled whole number (``3`` or ``3.0``) as int.
-
-    Raises:
-        DatasetError: naming the file, the key and the field.
-    """
-    number = as_float(path, key, name, value)
-    if not number.is_integer():
-        raise DatasetError(f"{where(path, key)}: {name} should be an integer, got {value!r}")
-    return int(number)
+def _short(value: Any) -> str:
+    """A number for a message: huge ones by their size."""
+    if isinstance(value, int) and abs(value) > 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    return repr(value)
 
 
 def few(items: Sequence[Any], limit: int = 10, quote: bool = True) -> str:
