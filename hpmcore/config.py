@@ -13,9 +13,12 @@ import types
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from hpmcore.losses import LossWeights
 
 T = TypeVar("T")
 
@@ -384,6 +387,20 @@ class ModelConfig:
         if self.contrastive_weight < 0 or self.tau <= 0 or self.dive_number_weight < 0:
             raise ConfigError("model loss weights must be >= 0 and tau > 0")
 
+    @property
+    def loss_weights(self) -> LossWeights:
+        """The :class:`~hpmcore.losses.LossWeights` this config implies (no ``L_tas`` without a segmenter)."""
+        from hpmcore.losses import LossWeights  # torch-free config module: import on use
+
+        return LossWeights(
+            tas=1.0 if self.use_segmentation else 0.0,
+            entry_weight=self.tas_entry_weight,
+            contrastive=self.contrastive_weight,
+            tau=self.tau,
+            dive_number=self.dive_number_weight,
+            splash=self.splash_weight,
+        )
+
     @classmethod
     def cpu_default(cls) -> ModelConfig:
         """The pipeline's default (``params.yaml``): D = 64, 1 decoder block, HD-GCN width 16, F = 4, a
@@ -569,37 +586,6 @@ class CoReConfig:
 
 
 @dataclass(frozen=True)
-class RetrainConfig:
-    """Scheduled retraining and the ``champion`` alias of the model registry (``flows/retrain.py``).
-
-    No DVC stage reads this section: changing it reruns nothing.
-    """
-
-    cron: str = "0 3 * * *"
-    """When the served deployment runs (five-field cron, in ``timezone``)."""
-    timezone: str = "UTC"
-    """Time zone of ``cron`` (IANA name)."""
-    metric: Literal["rho", "rl2_x100", "l2"] = "rho"
-    """Validation metric that decides: ``rho`` (higher is better), ``rl2_x100`` or ``l2`` (lower is
-    better); candidate and champion are scored on the same validation dives with the same voters."""
-    margin: float = 0.01
-    """The candidate becomes champion only when better than the champion by more than this."""
-    lock_wait_s: float = 0.0
-    """Seconds a run waits for another pipeline/retraining run to finish; 0 = exit at once."""
-    push: bool = True
-    """``dvc push`` the outputs to the default DVC remote after a retraining run."""
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` for an impossible schedule or policy."""
-        if len(self.cron.split()) != 5:
-            raise ConfigError(f"retrain.cron needs five fields (minute hour day month wday): {self.cron!r}")
-        if self.metric not in ("rho", "rl2_x100", "l2"):
-            raise ConfigError(f"retrain.metric must be rho, rl2_x100 or l2, got {self.metric!r}")
-        if not self.margin >= 0 or not self.lock_wait_s >= 0:
-            raise ConfigError("retrain.margin and retrain.lock_wait_s must be >= 0")
-
-
-@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -614,7 +600,6 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
     eval: EvalConfig = field(default_factory=EvalConfig.cpu_default)
     core: CoReConfig = field(default_factory=CoReConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an impossible top-level seed (each section validates itself)."""
