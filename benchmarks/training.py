@@ -8,10 +8,10 @@ For each model config — ``pipeline`` (the ``params.yaml`` default, ``ModelConf
 a bank of random features with the real layout — I3D ``(J=9, 1024)``, static ``(T=96, 368)``, pose
 ``(2, 96, 16, 1)`` — and per device (``cuda`` only when available; the card is printed):
 
-* **training**: :func:`hpmcore.train.train` for one epoch of ``--steps`` steps of ``--batch-size`` pairs
-  (after a one-step warm-up run), timed by the trainer itself (forward, losses, backward, Adam; no
-  validation, checkpoint writes excluded) → steps/s and pairs/s;
-* **evaluation**: :func:`hpmcore.evaluate.evaluate_model` on ``--queries`` test queries with
+* **training**: :func:`hpmcore.training.train.train` for one epoch of ``--steps`` steps of
+  ``--batch-size`` pairs (after a one-step warm-up run), timed by the trainer itself (forward, losses,
+  backward, Adam; no validation, checkpoint writes excluded) → steps/s and pairs/s;
+* **evaluation**: :func:`hpmcore.training.evaluate.evaluate_model` on ``--queries`` test queries with
   ``--exemplars`` voters each (every video encoded once, the pair heads per pair, spec §10.2), wall
   time → queries/s.
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from hpmcore.evaluate import EvalConfig, evaluate_model, synthetic_feature_bank
 from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
-from hpmcore.train import TrainConfig, train
+from hpmcore.training.evaluate import EvalConfig, evaluate_model, synthetic_feature_bank
+from hpmcore.training.train import TrainConfig, train
 
 
 def _shapes(cfg: ModelConfig, tiny: bool) -> dict[str, int]:
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("hpmcore.train").setLevel(logging.ERROR)  # "no validation split" is intended here
+    # "no validation split" is intended here
+    logging.getLogger("hpmcore.training.train").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = {"pipeline": ModelConfig.cpu_default(), "reference": ModelConfig(), "tiny": ModelConfig.tiny()}

@@ -35,9 +35,9 @@ from flows.settings import PROJECT_DIR, state_dir
 from hpmcore.config import Params, flatten, load_params, params_to_dict
 from hpmcore.extraction.cache import FAILURES, MANIFEST, TIMINGS
 from hpmcore.models.export import PairScorer
-from hpmcore.runs import CHECKPOINTS, build_model
 from hpmcore.tracking import mlflow as tracking
-from hpmcore.train import BEST, load_checkpoint
+from hpmcore.training.runs import CHECKPOINTS, build_model
+from hpmcore.training.train import BEST, load_checkpoint
 
 MODEL_DIR = Path("data/model")
 """The train stage's output folder (``model_dir`` in dvc.yaml)."""

@@ -13,12 +13,9 @@ import types
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-
-if TYPE_CHECKING:
-    from hpmcore.losses import LossWeights
 
 T = TypeVar("T")
 
@@ -386,20 +383,6 @@ class ModelConfig:
             raise ConfigError("model.splash_weight > 0 needs model.splash_head = true")
         if self.contrastive_weight < 0 or self.tau <= 0 or self.dive_number_weight < 0:
             raise ConfigError("model loss weights must be >= 0 and tau > 0")
-
-    @property
-    def loss_weights(self) -> LossWeights:
-        """The :class:`~hpmcore.losses.LossWeights` this config implies (no ``L_tas`` without a segmenter)."""
-        from hpmcore.losses import LossWeights  # torch-free config module: import on use
-
-        return LossWeights(
-            tas=1.0 if self.use_segmentation else 0.0,
-            entry_weight=self.tas_entry_weight,
-            contrastive=self.contrastive_weight,
-            tau=self.tau,
-            dive_number=self.dive_number_weight,
-            splash=self.splash_weight,
-        )
 
     @classmethod
     def cpu_default(cls) -> ModelConfig:

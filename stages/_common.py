@@ -7,10 +7,10 @@ from pathlib import Path
 
 from hpmcore.config import ConfigError, Params
 from hpmcore.data.canonical import DatasetError
-from hpmcore.evaluate import FeatureBank
 from hpmcore.extraction.cache import ManifestError
 from hpmcore.models.checkpoints import CheckpointError
-from hpmcore.runs import pipeline_bank
+from hpmcore.training.evaluate import FeatureBank
+from hpmcore.training.runs import pipeline_bank
 
 INPUT_ERRORS = (ConfigError, DatasetError, ManifestError, CheckpointError)
 """Bad params, tables, manifests, features or checkpoints: the model stages exit 2 with the message."""

@@ -23,7 +23,7 @@ from _common import INPUT_ERRORS, add_bank_arguments, load_bank
 from hpmcore.config import load_params
 from hpmcore.io import atomic_path, write_json
 from hpmcore.logs import setup_logging
-from hpmcore.runs import compare_run
+from hpmcore.training.runs import compare_run
 
 log = logging.getLogger("stages.compare")
 

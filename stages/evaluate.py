@@ -22,7 +22,7 @@ from _common import INPUT_ERRORS, add_bank_arguments, load_bank
 from hpmcore.config import load_params
 from hpmcore.io import write_csv, write_json
 from hpmcore.logs import setup_logging
-from hpmcore.runs import evaluate_run
+from hpmcore.training.runs import evaluate_run
 
 log = logging.getLogger("stages.evaluate")
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from _common import INPUT_ERRORS, add_bank_arguments, load_bank
 
 from hpmcore.config import load_params
-from hpmcore.evaluate import json_safe
 from hpmcore.io import write_json
 from hpmcore.logs import setup_logging
-from hpmcore.runs import train_run
+from hpmcore.training.evaluate import json_safe
+from hpmcore.training.runs import train_run
 
 log = logging.getLogger("stages.train")
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpmcore.baselines import (
+from hpmcore.models.hpmcore import ModelConfig, VideoInputs
+from hpmcore.training.baselines import (
     CoReBaseline,
     CoReConfig,
     DiveNumberMean,
@@ -20,9 +21,14 @@ from hpmcore.baselines import (
     dive_number_mean,
     run_comparison,
 )
-from hpmcore.evaluate import EvalConfig, FeatureBank, VideoFeatures, evaluate_model, synthetic_feature_bank
-from hpmcore.models.hpmcore import ModelConfig, VideoInputs
-from hpmcore.train import TrainConfig, train
+from hpmcore.training.evaluate import (
+    EvalConfig,
+    FeatureBank,
+    VideoFeatures,
+    evaluate_model,
+    synthetic_feature_bank,
+)
+from hpmcore.training.train import TrainConfig, train
 
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from hpmcore.baselines import CoReConfig, build_core_baseline
 from hpmcore.data.canonical import DatasetError
-from hpmcore.evaluate import (
+from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
+from hpmcore.models.segmentation import decode_halves
+from hpmcore.training.baselines import CoReConfig, build_core_baseline
+from hpmcore.training.evaluate import (
     EvalConfig,
     FeatureBank,
     FeatureBankError,
@@ -28,9 +30,7 @@ from hpmcore.evaluate import (
     synthetic_feature_bank,
     voter_seed,
 )
-from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
-from hpmcore.models.segmentation import decode_halves
-from hpmcore.train import TrainConfig, load_checkpoint, train
+from hpmcore.training.train import TrainConfig, load_checkpoint, train
 
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
 DNS = ("101a", "201b", "301c")

@@ -17,6 +17,7 @@ from hpmcore.models.hpmcore import (
 )
 from hpmcore.models.pooling import seg_pool_1d
 from hpmcore.models.segmentation import decode_halves, decode_joint, fixed_thirds
+from hpmcore.training.losses import LossWeights
 
 T, J = 12, 3  # tiny: 12 frames, 3 clips (clip stride 4)
 GT = torch.tensor([[3, 8], [2, 7], [4, 9], [1, 6], [5, 10], [3, 6]])
@@ -137,8 +138,8 @@ def test_without_segmentation_uses_fixed_thirds_and_no_tas() -> None:
     for mode in (True, False):
         out = model.train(mode)(q, e)
         assert torch.equal(out.transitions, fixed_thirds(4, T)) and out.seg_logits is None
-    terms = pair_losses(out, score_q=SCORES[:2], score_e=SCORES[2:4], weights=cfg.loss_weights)
-    assert terms.tas is None and cfg.loss_weights.tas == 0.0
+    terms = pair_losses(out, score_q=SCORES[:2], score_e=SCORES[2:4], weights=LossWeights.of(cfg))
+    assert terms.tas is None and LossWeights.of(cfg).tas == 0.0
     # No static branch and no segmenter: static features are not needed at all.
     cfg = ModelConfig.tiny(use_segmentation=False, use_static=False)
     out = build_hpmcore(cfg)(VideoInputs(q.i3d, None, q.skeleton), VideoInputs(e.i3d, None, e.skeleton))
@@ -178,7 +179,7 @@ def test_contrastive_weight_zero_and_splash_head() -> None:
     assert out.splash is not None and out.splash.shape == (4,)
     target = torch.tensor([1.0, 2.0, 3.0, 4.0])
     terms = pair_losses(
-        out, score_q=SCORES[:2], score_e=SCORES[2:4], weights=cfg.loss_weights, splash_target=target
+        out, score_q=SCORES[:2], score_e=SCORES[2:4], weights=LossWeights.of(cfg), splash_target=target
     )
     assert terms.contrastive_fu is None and terms.contrastive_st is None
     torch.testing.assert_close(terms.total, terms.aqa + terms.tas + 0.5 * terms.splash)
@@ -245,7 +246,7 @@ def test_one_batch_overfit() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []
     for step in range(60):
-        terms = pair_losses(model(q, e), score_q=sq, score_e=se, weights=cfg.loss_weights)
+        terms = pair_losses(model(q, e), score_q=sq, score_e=se, weights=LossWeights.of(cfg))
         opt.zero_grad()
         terms.total.backward()
         if step == 0:  # gradients reach HD-GCN through the pose prior of the fusion
@@ -270,7 +271,7 @@ def test_swapping_query_and_exemplar_negates_delta_after_training() -> None:
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
-        terms = pair_losses(model(q, e), score_q=SCORES[qi], score_e=SCORES[ei], weights=cfg.loss_weights)
+        terms = pair_losses(model(q, e), score_q=SCORES[qi], score_e=SCORES[ei], weights=LossWeights.of(cfg))
         opt.zero_grad()
         terms.total.backward()
         opt.step()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpmcore.metrics import (
+from hpmcore.training.metrics import (
     aiou,
     l2,
     relative_l2,

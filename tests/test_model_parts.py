@@ -12,15 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hpmcore.losses import (
-    LossWeights,
-    dive_number_loss,
-    score_loss,
-    splash_loss,
-    stage_contrastive_loss,
-    total_loss,
-    transition_loss,
-)
 from hpmcore.models.decoder import CrossAttentionDecoder, build_decoder, decode_stages
 from hpmcore.models.fusion import ChannelReducer, PoseAttnNet, build_pose_fusion, build_reducers
 from hpmcore.models.pooling import clamp_transitions, seg_pool_1d, stage_bounds
@@ -34,6 +25,15 @@ from hpmcore.models.segmentation import (
     gt_transitions,
     gt_transitions_batch,
     to_clip_index,
+)
+from hpmcore.training.losses import (
+    LossWeights,
+    dive_number_loss,
+    score_loss,
+    splash_loss,
+    stage_contrastive_loss,
+    total_loss,
+    transition_loss,
 )
 
 

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from hpmcore.config import ConfigError, EvalConfig, ModelConfig, Params, TrainConfig
-from hpmcore.evaluate import FeatureBank, synthetic_feature_bank
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.export import PairScorer, flat_layout, flatten_pair
 from hpmcore.models.hdgcn import build_hdgcn
 from hpmcore.models.hpmcore import VideoInputs, build_hpmcore
 from hpmcore.models.normalize import MIN_STD_FRACTION, FeatureStandardizer
-from hpmcore.runs import check_run_params
-from hpmcore.train import BEST, LAST, train
+from hpmcore.training.evaluate import FeatureBank, synthetic_feature_bank
+from hpmcore.training.runs import check_run_params
+from hpmcore.training.train import BEST, LAST, train
 
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
 

@@ -14,13 +14,19 @@ import pytest
 import torch
 from torch import nn
 
-import hpmcore.train as train_mod
+import hpmcore.training.train as train_mod
 from hpmcore.data.canonical import DatasetError
-from hpmcore.evaluate import EvalConfig, FeatureBank, FeatureBankError, evaluate_model, synthetic_feature_bank
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
 from hpmcore.runtime import derive_seed
-from hpmcore.train import (
+from hpmcore.training.evaluate import (
+    EvalConfig,
+    FeatureBank,
+    FeatureBankError,
+    evaluate_model,
+    synthetic_feature_bank,
+)
+from hpmcore.training.train import (
     BEST,
     LAST,
     TrainConfig,
@@ -65,7 +71,7 @@ def test_lr_schedule_cyclic_reference_and_monotone_option() -> None:
 
 def test_optimizer_follows_the_schedule_epoch_by_epoch(tmp_path: Path) -> None:
     """The lr actually used per epoch (reported and in Adam's groups) is base·½(1+cos(πt/T_max))."""
-    from hpmcore.baselines import CoReConfig, build_core_baseline
+    from hpmcore.training.baselines import CoReConfig, build_core_baseline
 
     bank = _bank()
     model = build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))
@@ -251,7 +257,7 @@ def test_model_selection_uses_validation_only_and_never_touches_test(tmp_path: P
 
 
 def test_without_validation_split_the_last_epoch_is_kept(tmp_path: Path) -> None:
-    from hpmcore.baselines import CoReConfig, build_core_baseline
+    from hpmcore.training.baselines import CoReConfig, build_core_baseline
 
     result = train(
         build_core_baseline(CoReConfig(i3d_dim=16, hidden=8)),
@@ -311,7 +317,7 @@ def test_val_dive_number_without_train_exemplar_names_the_query(tmp_path: Path) 
 
 
 def test_checkpoint_from_another_config_is_refused_untouched(tmp_path: Path) -> None:
-    from hpmcore.baselines import CoReConfig, build_core_baseline
+    from hpmcore.training.baselines import CoReConfig, build_core_baseline
 
     bank = _bank()
     core = CoReConfig(i3d_dim=16, hidden=8)
@@ -415,7 +421,7 @@ def _pipeline_outputs(tmp_path: Path, ids: list[str]) -> tuple:
             dict(
                 id=vid,
                 video_name=vid.split("/")[0],
-                dive_index=k,
+                dive_index=int(vid.split("/")[1]),
                 video_path="v.mp4",
                 start_frame=start,
                 end_frame=start + n - 1,
@@ -483,7 +489,7 @@ def _pipeline_outputs(tmp_path: Path, ids: list[str]) -> tuple:
 
 def test_load_feature_bank_from_stage_outputs(tmp_path: Path) -> None:
     from hpmcore.extraction.pose.table import dive_skeletons
-    from hpmcore.train import load_feature_bank
+    from hpmcore.training.train import load_feature_bank
 
     ids = ["a/0", "a/1", "a/2"]
     dives, decode, skel = _pipeline_outputs(tmp_path, ids)
@@ -514,7 +520,7 @@ def test_load_feature_bank_from_stage_outputs(tmp_path: Path) -> None:
 
 def test_dd_mode_regresses_completeness() -> None:
     """DD mode (spec §10.3): training targets are score / DD; a DD <= 0 is refused, naming the video."""
-    from hpmcore.baselines import CoReConfig, build_core_baseline
+    from hpmcore.training.baselines import CoReConfig, build_core_baseline
 
     bank = _bank()
     model = build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))
@@ -535,7 +541,7 @@ def test_pipeline_bank_reads_files_and_splash_targets(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from hpmcore.extraction.cache import ManifestError
-    from hpmcore.runs import pipeline_bank
+    from hpmcore.training.runs import pipeline_bank
 
     ids = ["a/0", "a/1", "a/2"]
     dives, decode, skel = _pipeline_outputs(tmp_path, ids)

@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from hpmcore.config import ModelConfig
-from hpmcore.losses import LossTerms, LossWeights, total_loss
 from hpmcore.models.decoder import build_decoder, decode_stages
 from hpmcore.models.fusion import build_pose_fusion, build_reducers
 from hpmcore.models.hdgcn import NUM_JOINTS, build_hdgcn
@@ -43,6 +42,7 @@ from hpmcore.models.normalize import FeatureStandardizer
 from hpmcore.models.pooling import seg_pool_1d
 from hpmcore.models.regressor import StageWeights, build_score_mlp, combine_deltas
 from hpmcore.models.segmentation import build_spot_model, decode_transitions, fixed_thirds, to_clip_index
+from hpmcore.training.losses import LossTerms, LossWeights, total_loss
 
 NUM_STAGES = 3
 POSE_CHANNELS = 2
@@ -449,7 +449,7 @@ def pair_losses(
     Args:
         out: :meth:`HPMCoRe.forward` output for B pairs.
         score_q, score_e: ``(B,)`` regression targets (raw scores, or completeness in DD mode).
-        weights: usually ``model.config.loss_weights``.
+        weights: usually ``LossWeights.of(model.config)``.
         dn_labels: ``(2B,)`` dive-number class ids (queries, then exemplars), optional.
         splash_target: ``(2B,)`` splash sizes, needed when ``weights.splash > 0``.
 

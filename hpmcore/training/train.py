@@ -1,6 +1,6 @@
 """Training of pair models on cached features (spec §9) with the honest protocol of §11.4.
 
-:func:`train` trains a model (HP-MCoRe or a baseline of :mod:`hpmcore.baselines`) in place:
+:func:`train` trains a model (HP-MCoRe or a baseline of :mod:`hpmcore.training.baselines`) in place:
 
 - **Pairs** (§9.1): every train video is a query once per epoch, paired with one exemplar from the
   train pool drawn with :func:`hpmcore.data.splits.select_exemplars` — same dive number (w/ DN), same DD,
@@ -27,7 +27,7 @@
   checkpoint stores a fingerprint of the model config, the training config, the seed and the data
   (train/val ids and labels); a checkpoint from another configuration is refused with an error naming
   the file and the differing keys, before anything is written.
-- **Validation** every epoch through :func:`hpmcore.evaluate.evaluate_model` (one voter draw of
+- **Validation** every epoch through :func:`hpmcore.training.evaluate.evaluate_model` (one voter draw of
   ``val_exemplars`` exemplars, fixed across epochs); the caller's ``on_epoch(epoch, metrics)`` gets the
   losses, val metrics and lr (MLflow logging stays with the caller).
 
@@ -60,7 +60,15 @@ from tqdm import tqdm
 from hpmcore.config import TrainConfig, flatten
 from hpmcore.data.canonical import DatasetError
 from hpmcore.data.splits import ExemplarMode, ExemplarPool, select_exemplars
-from hpmcore.evaluate import (
+from hpmcore.extraction.cache import MANIFEST, read_manifest
+from hpmcore.extraction.features import FEATURES_MANIFEST_SCHEMA, load_features
+from hpmcore.extraction.pose.table import dive_skeletons, normalize_skeleton, pose_metadata
+from hpmcore.io import atomic_path
+from hpmcore.models.checkpoints import CheckpointError
+from hpmcore.models.hpmcore import HPMCoRe, VideoInputs, pair_losses
+from hpmcore.models.segmentation import gt_transitions
+from hpmcore.runtime import derive_seed, resolve_device, seed_everything
+from hpmcore.training.evaluate import (
     FeatureBank,
     FeatureBankError,
     VideoFeatures,
@@ -69,16 +77,8 @@ from hpmcore.evaluate import (
     plan_evaluation,
     stack_videos,
 )
-from hpmcore.extraction.cache import MANIFEST, read_manifest
-from hpmcore.extraction.features import FEATURES_MANIFEST_SCHEMA, load_features
-from hpmcore.extraction.pose.table import dive_skeletons, normalize_skeleton, pose_metadata
-from hpmcore.io import atomic_path
-from hpmcore.losses import LossTerms
-from hpmcore.metrics import rho_for_selection
-from hpmcore.models.checkpoints import CheckpointError
-from hpmcore.models.hpmcore import HPMCoRe, VideoInputs, pair_losses
-from hpmcore.models.segmentation import gt_transitions
-from hpmcore.runtime import derive_seed, resolve_device, seed_everything
+from hpmcore.training.losses import LossTerms, LossWeights
+from hpmcore.training.metrics import rho_for_selection
 
 __all__ = [
     "BEST",
@@ -399,7 +399,7 @@ def _losses(model: nn.Module, out: Any, data: _Data, qi: torch.Tensor, ei: torch
         out,
         score_q=data.targets[qi],
         score_e=data.targets[ei],
-        weights=model.config.loss_weights,
+        weights=LossWeights.of(model.config),
         dn_labels=None if data.dn_labels is None else torch.cat([data.dn_labels[qi], data.dn_labels[ei]]),
         splash_target=None if data.splash is None else torch.cat([data.splash[qi], data.splash[ei]]),
     )
@@ -629,7 +629,7 @@ def load_feature_bank(
     skeletons: pa.Table | None = None,
     drop_missing: bool = False,
 ) -> FeatureBank:
-    """Assemble a :class:`~hpmcore.evaluate.FeatureBank` from the stages' outputs.
+    """Assemble a :class:`~hpmcore.training.evaluate.FeatureBank` from the stages' outputs.
 
     Args:
         dives: the canonical annotation table with splits (stage ``prepare``).

@@ -4,8 +4,8 @@
   number; a dive number absent from train falls back to the global train mean.
 - **(b) CoRe-style single-stage contrastive regression** (:class:`CoReBaseline`): an MLP on
   ``[mean-pooled I3D of the query ; of the exemplar]`` → Δ, trained with the bidirectional score MSE on
-  the same pairs as HP-MCoRe (:func:`hpmcore.train.train`) and evaluated with the same voters
-  (:func:`hpmcore.evaluate.evaluate_model`) — no segmentation, no pose, no static branch.
+  the same pairs as HP-MCoRe (:func:`hpmcore.training.train.train`) and evaluated with the same voters
+  (:func:`hpmcore.training.evaluate.evaluate_model`) — no segmentation, no pose, no static branch.
 - **(c) Ablations of HP-MCoRe** are :class:`~hpmcore.models.hpmcore.ModelConfig` switches
   (``use_skeleton``, ``use_static``, ``use_segmentation``, ``contrastive_weight``);
   :func:`default_variants` lists them.
@@ -31,7 +31,9 @@ import torch
 from torch import nn
 
 from hpmcore.config import CoReConfig, ModelConfig, TrainConfig
-from hpmcore.evaluate import (
+from hpmcore.models.hpmcore import VideoInputs, build_hpmcore
+from hpmcore.models.normalize import FeatureStandardizer
+from hpmcore.training.evaluate import (
     EvalConfig,
     Evaluation,
     FeatureBank,
@@ -39,10 +41,8 @@ from hpmcore.evaluate import (
     evaluate_model,
     evaluation_from_predictions,
 )
-from hpmcore.losses import LossTerms, score_loss
-from hpmcore.models.hpmcore import VideoInputs, build_hpmcore
-from hpmcore.models.normalize import FeatureStandardizer
-from hpmcore.train import train
+from hpmcore.training.losses import LossTerms, score_loss
+from hpmcore.training.train import train
 
 __all__ = [
     "CoReBaseline",
@@ -74,7 +74,7 @@ def dive_number_mean(bank: FeatureBank, split: str = "test") -> Evaluation:
     """Baseline (a): ``ŝ_q`` = mean train score of the query's dive number (global train mean if unseen).
 
     Uses only the annotation table (no features). Same metrics and rows as
-    :func:`~hpmcore.evaluate.evaluate_model` (one "draw"; no transitions, so no AIoU).
+    :func:`~hpmcore.training.evaluate.evaluate_model` (one "draw"; no transitions, so no AIoU).
     """
     train_rows = [bank.label(i) for i in bank.split_ids("train")]
     if not train_rows:
@@ -131,7 +131,7 @@ class CoReOutput:
 class CoReBaseline(nn.Module):
     """Baseline (b): ``Δ^{qe} = MLP([mean_j I3D_q ; mean_j I3D_e])`` (no segmentation, pose or static branch).
 
-    Implements the pair-model interface of :mod:`hpmcore.train` and :mod:`hpmcore.evaluate`
+    Implements the pair-model interface of :mod:`hpmcore.training.train` and :mod:`hpmcore.training.evaluate`
     (``encode``, ``forward_pair``, ``forward``, ``parameter_groups``, ``input_spec``, ``pair_loss``).
     """
 

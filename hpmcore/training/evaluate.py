@@ -25,7 +25,7 @@ shapes, naming the video).
 Any model with ``encode(VideoInputs, use_gt=...)`` (returning an encoding with ``select``/``cat``/
 ``len`` and optionally ``predicted`` transitions) and ``forward_pair(q, e)`` (returning ``delta_qe``)
 can be evaluated: :class:`~hpmcore.models.hpmcore.HPMCoRe` and the baselines of
-:mod:`hpmcore.baselines`. Models other than HP-MCoRe say which inputs they need with an
+:mod:`hpmcore.training.baselines`. Models other than HP-MCoRe say which inputs they need with an
 ``input_spec(role)`` method (see :func:`input_spec`).
 """
 
@@ -46,10 +46,10 @@ from tqdm import tqdm
 from hpmcore.config import EvalConfig
 from hpmcore.data.canonical import DatasetError
 from hpmcore.data.splits import ExemplarPool, select_exemplars
-from hpmcore.metrics import score_metrics, segmentation_metrics, tiou
 from hpmcore.models.hdgcn import NUM_JOINTS
 from hpmcore.models.hpmcore import POSE_CHANNELS, HPMCoRe, VideoInputs
 from hpmcore.runtime import derive_seed, resolve_device
+from hpmcore.training.metrics import score_metrics, segmentation_metrics, tiou
 
 __all__ = [
     "BANK_COLUMNS",

@@ -1,7 +1,7 @@
 """Training, evaluation and comparison runs on the pipeline's outputs: what the stages call.
 
 The pipeline's folders (``data/prepared``, ``data/decoded``, ``data/pose``, ``data/features``) become a
-:class:`~hpmcore.evaluate.FeatureBank` with :func:`pipeline_bank`; then
+:class:`~hpmcore.training.evaluate.FeatureBank` with :func:`pipeline_bank`; then
 
 - :func:`train_run` trains the configured HP-MCoRe (``params.model``, ``params.train``, ``params.seed``)
   with checkpoints in ``<model_dir>/checkpoints`` (resumed when the configuration is the same, restarted
@@ -10,7 +10,7 @@ The pipeline's folders (``data/prepared``, ``data/decoded``, ``data/pose``, ``da
   the metrics (no timings, so the same checkpoint and seed give an identical file), per-query rows for
   the predicted-vs-true plot and per-query transition errors;
 - :func:`compare_run` trains and evaluates HP-MCoRe, its ablations and the baselines on the same split
-  (:func:`hpmcore.baselines.run_comparison`).
+  (:func:`hpmcore.training.baselines.run_comparison`).
 
 Nothing here writes the stage outputs; the stage scripts do, atomically.
 """
@@ -24,16 +24,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from hpmcore.baselines import default_variants, run_comparison
 from hpmcore.config import ConfigError, Params
 from hpmcore.data.canonical import DatasetError, read_annotations
-from hpmcore.evaluate import Evaluation, FeatureBank, FeatureBankError, evaluate_model, json_safe
 from hpmcore.extraction.cache import MANIFEST, read_manifest
 from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
 from hpmcore.extraction.pose.table import SKELETONS
 from hpmcore.io import read_parquet
 from hpmcore.models.hpmcore import HPMCoRe, build_hpmcore
-from hpmcore.train import BEST, TrainResult, load_checkpoint, load_feature_bank, train
+from hpmcore.training.baselines import default_variants, run_comparison
+from hpmcore.training.evaluate import Evaluation, FeatureBank, FeatureBankError, evaluate_model, json_safe
+from hpmcore.training.train import BEST, TrainResult, load_checkpoint, load_feature_bank, train
 
 __all__ = [
     "CHECKPOINTS",
@@ -90,7 +90,7 @@ def pipeline_bank(
     data_root: Path | None = None,
     drop_missing: bool = False,
 ) -> FeatureBank:
-    """The feature bank of the pipeline's outputs (see :func:`hpmcore.train.load_feature_bank`).
+    """The feature bank of the pipeline's outputs (see :func:`hpmcore.training.train.load_feature_bank`).
 
     Args:
         dives_path: ``prepare``'s ``dives.parquet`` (annotations and splits).
@@ -253,7 +253,7 @@ def compare_run(
     with the splash-aware loss when every train video has a splash size (synthetic data).
 
     Checkpoints go to ``work_dir/<variant>/`` (a rerun resumes finished and unfinished variants).
-    Returns the rows and the Markdown table of :func:`hpmcore.baselines.run_comparison`.
+    Returns the rows and the Markdown table of :func:`hpmcore.training.baselines.run_comparison`.
     """
     check_run_params(params)
     if not bank.split_ids(split):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from hpmcore.config import ModelConfig
+
 NUM_STAGES = 3
 
 
@@ -153,6 +155,18 @@ class LossWeights:
     """β, weight of the dive-number CE (computed and logged even at 0 when labels are given)."""
     splash: float = 0.0
     """Weight of the splash auxiliary loss (0 = off)."""
+
+    @classmethod
+    def of(cls, cfg: ModelConfig) -> LossWeights:
+        """The weights an HP-MCoRe config implies (no ``L_tas`` without a segmenter)."""
+        return cls(
+            tas=1.0 if cfg.use_segmentation else 0.0,
+            entry_weight=cfg.tas_entry_weight,
+            contrastive=cfg.contrastive_weight,
+            tau=cfg.tau,
+            dive_number=cfg.dive_number_weight,
+            splash=cfg.splash_weight,
+        )
 
 
 @dataclass(frozen=True)
