@@ -331,6 +331,10 @@ class ModelConfig:
     whose features are ~1e-6)."""
     use_skeleton: bool = True
     """False: no HD-GCN and no pose term in the fusion (ablation)."""
+    pose_fusion: Literal["bias", "tokens"] = "bias"
+    """How the skeleton enters PoseAttn (§7.2): ``bias`` (reference) only as the additive prior on the
+    attention logits; ``tokens`` (a deviation) also adds the projected skeleton tokens to the stage's I3D
+    tokens before the block, so what the skeleton shows can reach the regressors directly."""
     use_static: bool = True
     """False: no static branch, Δ = Δ_fu (ablation)."""
     use_segmentation: bool = True
@@ -375,6 +379,8 @@ class ModelConfig:
             raise ConfigError(
                 f"model needs num_frames >= 3 and clip_stride >= 1, got {self.num_frames}, {self.clip_stride}"
             )
+        if self.pose_fusion not in ("bias", "tokens"):
+            raise ConfigError(f"model.pose_fusion must be 'bias' or 'tokens', got {self.pose_fusion!r}")
         if self.decode not in ("halves", "joint"):
             raise ConfigError(f"model.decode must be 'halves' or 'joint', got {self.decode!r}")
         if self.lam < 0:

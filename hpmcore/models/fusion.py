@@ -87,6 +87,7 @@ class PoseAttnNet(nn.Module):
         pose_temperature: float = 64.0,
         pose_weight_init: float = 1e-3,
         mlp_ratio: int = 4,
+        pose_tokens: bool = False,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -101,6 +102,9 @@ class PoseAttnNet(nn.Module):
         if pose_dim is not None:
             self.pose_proj = nn.Linear(pose_dim, dim)
             self.pose_weight = nn.Parameter(torch.tensor(float(pose_weight_init)))
+        if pose_tokens and pose_dim is None:
+            raise ValueError("pose_tokens needs a pose branch (pose_dim)")
+        self.pose_embed = nn.Linear(pose_dim, dim) if pose_tokens and pose_dim is not None else None
 
     def pose_prior(self, pose: torch.Tensor) -> torch.Tensor:
         """``G = Π Πᵀ / 64`` with ``Π = 0.01 · p W_p + b_p``: ``(B, F, pose_dim)`` → ``(B, F, F)``."""
@@ -121,6 +125,8 @@ class PoseAttnNet(nn.Module):
             bias = (self.pose_weight * self.pose_prior(pose)).unsqueeze(1)  # (B, 1, F, F), all heads
         elif pose is not None:
             raise ValueError("fusion built without a pose branch (pose_dim=None) was given pose tokens")
+        if self.pose_embed is not None:
+            x = x + self.pose_embed(pose)  # (B, F, D): the skeleton's content joins the I3D tokens
         u = self.norm1(x)
         q, k, v = self.qkv(u).view(b, f, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B,h,F,dh)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # (B, h, F, dh), scale 1/√dh
@@ -134,9 +140,11 @@ def build_pose_fusion(
     heads: int = 2,
     pose_dim: int | None = 128,
     mlp_ratio: int = 4,
+    pose_tokens: bool = False,
     num_stages: int = NUM_STAGES,
 ) -> nn.ModuleList:
     """One :class:`PoseAttnNet` per stage (spec §7.2)."""
     return nn.ModuleList(
-        PoseAttnNet(dim=dim, heads=heads, pose_dim=pose_dim, mlp_ratio=mlp_ratio) for _ in range(num_stages)
+        PoseAttnNet(dim=dim, heads=heads, pose_dim=pose_dim, mlp_ratio=mlp_ratio, pose_tokens=pose_tokens)
+        for _ in range(num_stages)
     )

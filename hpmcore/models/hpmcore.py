@@ -228,6 +228,7 @@ class HPMCoRe(nn.Module):
             heads=cfg.heads,
             pose_dim=2 * cfg.skeleton_channels if cfg.use_skeleton else None,
             mlp_ratio=cfg.mlp_ratio,
+            pose_tokens=cfg.use_skeleton and cfg.pose_fusion == "tokens",
         )
         branches = ("fu", "st") if cfg.use_static else ("fu",)
         self.decoders = nn.ModuleDict(
