@@ -173,6 +173,37 @@ class DecodeConfig:
 
 
 @dataclass(frozen=True)
+class ExtractConfig:
+    """Where the extraction stages (``decode``, ``pose``, ``features``) run their per-video work
+    (:mod:`hpmcore.extraction.executor`). Speed only: the outputs are byte-identical whichever runs
+    them, so these are not DVC params of any stage and not part of any cache key."""
+
+    executor: Literal["local", "dask"] = "local"
+    """``local``: in the stage's process; ``dask``: as tasks on a Dask ``distributed`` cluster."""
+    scheduler: str | None = None
+    """``dask``: address of an existing scheduler (``tcp://host:8786``); ``None``: start a local cluster
+    of ``workers`` processes for the stage (for ``features`` on CUDA: one worker per GPU)."""
+    workers: int = 2
+    """``dask`` without a scheduler: worker processes of the local cluster (one thread each)."""
+    connect_timeout: float = 10.0
+    """Seconds to wait for the scheduler (and for a first worker) before the stage fails."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for settings no executor can use."""
+        if self.workers < 1:
+            raise ConfigError(f"extract.workers must be >= 1, got {self.workers}")
+        if self.connect_timeout <= 0:
+            raise ConfigError(f"extract.connect_timeout must be > 0, got {self.connect_timeout}")
+        if self.scheduler is not None:
+            if self.executor != "dask":
+                raise ConfigError("extract.scheduler is set but extract.executor is not dask")
+            if "://" not in self.scheduler:
+                raise ConfigError(
+                    f"extract.scheduler must be an address such as tcp://host:8786, got {self.scheduler!r}"
+                )
+
+
+@dataclass(frozen=True)
 class PoseConfig:
     """Skeleton extraction (stage ``pose``, :mod:`hpmcore.extraction.pose`) at decode's T frames."""
 
@@ -583,6 +614,7 @@ class Params:
     synth: SynthConfig = field(default_factory=SynthConfig)
     data: DataConfig = field(default_factory=DataConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig.cpu_default)

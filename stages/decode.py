@@ -6,7 +6,8 @@ Writes ``cache/<key>.safetensors.zst`` (one per dive, incremental: only new or c
 decoded), ``manifest.parquet``, ``failures.parquet``, ``stats.json`` (counts, a DVC metric) and
 ``timings.json`` (not tracked) into ``--out``. Logs ``decode: computed N, reused M (...)``. Exit
 status 2, with a message naming the file, for bad params, a bad dive table, or a video that fails with
-``decode.on_error: fail`` (no manifest is written then).
+``decode.on_error: fail`` (no manifest is written then), or an unreachable Dask scheduler
+(``extract``: the per-video work runs in this process or on a Dask cluster; nothing is written then).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hpmcore.config import ConfigError, load_params
 from hpmcore.data.canonical import DatasetError, read_annotations
 from hpmcore.extraction.cache import ExtractionFailed
 from hpmcore.extraction.decode import decode_videos
+from hpmcore.extraction.executor import ExecutorError, open_executor
 from hpmcore.logs import setup_logging
 
 log = logging.getLogger("stages.decode")
@@ -35,13 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         dives = read_annotations(args.dives)
-    except (ConfigError, DatasetError) as exc:
-        log.error("%s", exc)
-        return 2
-    root = params.data.root_path(args.params.parent)
-    try:
-        result = decode_videos(dives, params.decode, root=root, out_dir=args.out)
-    except ExtractionFailed as exc:
+        root = params.data.root_path(args.params.parent)
+        with open_executor(params.extract) as executor:
+            result = decode_videos(dives, params.decode, root=root, out_dir=args.out, executor=executor)
+    except (ConfigError, DatasetError, ExtractionFailed, ExecutorError) as exc:
         log.error("%s", exc)
         return 2
     result.write(args.out)

@@ -7,7 +7,9 @@ Writes ``cache/<key>.safetensors`` (``i3d`` (num_clips, 1024), ``static`` (T, 36
 ``stats.json`` (counts, a DVC metric) and ``timings.json`` (not tracked) into ``--out``. Logs
 ``features: computed N, reused M (...)``. Exit status 2, with a message naming the file, for bad
 params, a missing or mismatched weights file (nothing is written then), a bad decode manifest, or a
-video that fails with ``features.on_error: fail`` (no manifest is written then).
+video that fails with ``features.on_error: fail`` (no manifest is written then), or an unreachable
+Dask scheduler (``extract``: the per-video work runs in this process or on a Dask cluster, one
+worker per GPU on CUDA; nothing is written then).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from hpmcore.config import ConfigError, load_params
 from hpmcore.extraction.cache import ExtractionFailed, ManifestError
+from hpmcore.extraction.executor import ExecutorError, cuda_workers, open_executor
 from hpmcore.extraction.features import extract_features
 from hpmcore.logs import setup_logging
 from hpmcore.models.checkpoints import CheckpointError
@@ -34,12 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        cfg = load_params(args.params).features
-        result = extract_features(args.decoded, cfg, out_dir=args.out, project_dir=args.params.parent)
-    except (ConfigError, CheckpointError, ManifestError) as exc:
-        log.error("%s", exc)
-        return 2
-    except ExtractionFailed as exc:
+        params = load_params(args.params)
+        gpus = cuda_workers(params.features.device, param="features.device")
+        with open_executor(params.extract, gpus=gpus) as executor:
+            result = extract_features(
+                args.decoded,
+                params.features,
+                out_dir=args.out,
+                project_dir=args.params.parent,
+                executor=executor,
+            )
+    except (ConfigError, CheckpointError, ManifestError, ExtractionFailed, ExecutorError) as exc:
         log.error("%s", exc)
         return 2
     result.write(args.out)

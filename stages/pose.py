@@ -10,7 +10,8 @@ metric) and ``timings.json`` (not tracked) into ``--out``. The skeletons are tak
 manifest's sampled frames; dives missing from it (failed decoding) are left out. Logs ``pose:
 computed N, reused M (...)``. Exit status 2, with a message naming the file, for bad params, a bad
 dive table or decode manifest, a missing skeletons table, checkpoint or model config (nothing is
-written then), or a dive that fails with ``pose.on_error: fail`` (no table is written then).
+written then), a dive that fails with ``pose.on_error: fail`` (no table is written then), or an
+unreachable Dask scheduler (``extract``: the per-dive work runs here or on a Dask cluster).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hpmcore.config import ConfigError, load_params
 from hpmcore.data.canonical import DatasetError, read_annotations
 from hpmcore.extraction.cache import MANIFEST, ExtractionFailed, ManifestError, read_manifest
 from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
+from hpmcore.extraction.executor import ExecutorError, cuda_workers, open_executor
 from hpmcore.extraction.pose.stage import extract_pose
 from hpmcore.extraction.pose.table import SKELETONS, PoseError
 from hpmcore.logs import setup_logging
@@ -44,18 +46,27 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         dives = read_annotations(args.dives)
         decoded = read_manifest(args.decoded / MANIFEST, DECODE_MANIFEST_SCHEMA)
-        result = extract_pose(
-            dives,
-            params.pose,
-            root=params.data.root_path(args.params.parent),
-            decoded=decoded,
-            out_dir=args.out,
-            project_dir=args.params.parent,
-        )
-    except (ConfigError, DatasetError, ManifestError, CheckpointError, PoseError) as exc:
-        log.error("%s", exc)
-        return 2
-    except ExtractionFailed as exc:
+        mmpose = params.pose.backend == "mmpose"
+        gpus = cuda_workers(params.pose.device, param="pose.device") if mmpose else 0
+        with open_executor(params.extract, gpus=gpus) as executor:
+            result = extract_pose(
+                dives,
+                params.pose,
+                root=params.data.root_path(args.params.parent),
+                decoded=decoded,
+                out_dir=args.out,
+                project_dir=args.params.parent,
+                executor=executor,
+            )
+    except (
+        ConfigError,
+        DatasetError,
+        ManifestError,
+        CheckpointError,
+        PoseError,
+        ExtractionFailed,
+        ExecutorError,
+    ) as exc:
         log.error("%s", exc)
         return 2
     result.write(args.out, manifest_name=SKELETONS)

@@ -38,6 +38,7 @@ from hpmcore.extraction.cache import (
     source_hash,
 )
 from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA, decode_videos, load_decoded
+from hpmcore.extraction.executor import ComputeTask
 from hpmcore.extraction.video import decode_dive
 
 SMALL = DecodeConfig(num_frames=16, width=32, height=32, min_source_frames=8)
@@ -478,7 +479,15 @@ def test_run_cached_batches_entries_and_reports_item_errors(tmp_path: Path) -> N
         ]
 
     items = [Item(f"d/{n}", f"s{n}", digest(n), n) for n in range(5)]
-    run = run_cached(items, tmp_path, compute, stage="t", on_error="skip", batch_size=2, progress=False)
+    run = run_cached(
+        items,
+        tmp_path,
+        ComputeTask(lambda: compute),
+        stage="t",
+        on_error="skip",
+        batch_size=2,
+        progress=False,
+    )
     assert calls == [["d/0", "d/1"], ["d/2", "d/3"], ["d/4"]]
     assert [i.id for i in run.ok] == ["d/0", "d/2", "d/4"]
     assert [(f.id, f.reason) for f in run.failures] == [("d/1", "s1: odd"), ("d/3", "s3: odd")]
@@ -487,7 +496,15 @@ def test_run_cached_batches_entries_and_reports_item_errors(tmp_path: Path) -> N
     assert read_entry_meta(tmp_path / f"{digest(4)}.safetensors") == {"key": digest(4)}
 
     calls.clear()
-    run = run_cached(items, tmp_path, compute, stage="t", on_error="skip", batch_size=2, progress=False)
+    run = run_cached(
+        items,
+        tmp_path,
+        ComputeTask(lambda: compute),
+        stage="t",
+        on_error="skip",
+        batch_size=2,
+        progress=False,
+    )
     assert calls == [["d/1", "d/3"]] and len(run.reused) == 3 and not run.computed
 
 

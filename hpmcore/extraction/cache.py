@@ -62,6 +62,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from tqdm import tqdm
 
+from hpmcore.extraction.executor import ComputeTask, Executor, LocalExecutor
 from hpmcore.io import atomic_path, read_parquet, write_json, write_parquet
 
 __all__ = [
@@ -405,7 +406,11 @@ class CacheRun:
     """File names of stale entries (and temp leftovers) deleted from the cache."""
     seconds: float = 0.0
     compute_seconds: float = 0.0
-    """Wall time spent in the compute function (the throughput denominator)."""
+    """Wall time from the first batch sent to the last one back (the throughput denominator)."""
+    executor: str = "local"
+    """Where the batches ran (:mod:`hpmcore.extraction.executor`)."""
+    workers: int = 0
+    """Processes that computed in parallel (0: nothing was computed)."""
 
     @property
     def ok(self) -> list[Item]:
@@ -430,9 +435,14 @@ class CacheRun:
             "removed": len(self.removed),
         }
 
-    def timings(self) -> dict[str, float]:
+    def timings(self) -> dict[str, Any]:
         """Timings and throughput (``timings.json``; ``videos_per_s`` only when something was computed)."""
-        timings = {"seconds": round(self.seconds, 3), "compute_seconds": round(self.compute_seconds, 3)}
+        timings: dict[str, Any] = {
+            "seconds": round(self.seconds, 3),
+            "compute_seconds": round(self.compute_seconds, 3),
+            "executor": self.executor,
+            "workers": self.workers,
+        }
         if self.computed and self.compute_seconds > 0:
             timings["videos_per_s"] = round(len(self.computed) / self.compute_seconds, 3)
         return timings
@@ -460,26 +470,31 @@ def per_item(fn: Callable[[Item], Entry]) -> Compute:
 def run_cached(
     items: Sequence[Item],
     cache_dir: Path,
-    compute: Compute,
+    task: ComputeTask,
     *,
     stage: str,
     on_error: OnError,
     compress: bool = False,
     batch_size: int = 1,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> CacheRun:
     """Make sure every item has an entry in ``cache_dir``, computing only the missing ones.
 
     Args:
         items: the dives, in output order. Items sharing a key share one entry (computed once).
         cache_dir: the entries folder (created if missing).
-        compute: ``batch of items → one Entry or ItemError per item``; any other exception is a bug
-            (or an environment problem) and propagates, stopping the stage.
+        task: builds the compute function ``batch of items → one Entry or ItemError per item``
+            (:class:`~hpmcore.extraction.executor.ComputeTask`); any other exception is a bug (or an
+            environment problem) and propagates, stopping the stage.
         stage: stage name, for messages, the failures table and the progress bar.
         on_error: ``skip``: record failures and go on; ``fail``: raise at the first one.
         compress: store entries zstd-compressed.
-        batch_size: items per ``compute`` call.
+        batch_size: items per ``compute`` call (one Dask task per batch).
         progress: show a tqdm bar (videos/s) over the items to compute.
+        executor: where the batches run (:mod:`hpmcore.extraction.executor`); ``None``: in this
+            process. Entries are written here, in this process, whichever runs them, and the
+            failures come out in input order, so the outputs do not depend on the executor.
 
     Returns:
         a :class:`CacheRun`; stale entries (keys not among the successful items') are deleted.
@@ -487,15 +502,19 @@ def run_cached(
     Raises:
         ExtractionFailed: ``on_error == "fail"`` and an item failed; entries computed so far stay in
             the cache (they are complete), nothing stale is deleted.
+        Exception: whatever building ``task`` raises (e.g. ``CheckpointError``), before ``cache_dir``
+            is created when it did not exist.
     """
     if on_error not in ("skip", "fail"):
         raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     start = time.perf_counter()
+    executor = executor if executor is not None else LocalExecutor()
     cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    run = CacheRun(stage=stage, items=list(items))
+    run = CacheRun(stage=stage, items=list(items), executor=executor.name)
+    position = {id(item): i for i, item in enumerate(run.items)}
+    failures: list[tuple[int, Failure]] = []
     failed: dict[str, str] = {}  # key → reason
 
     def fail(item: Item, reason: str) -> None:
@@ -505,7 +524,7 @@ def run_cached(
                 f"(set {stage}.on_error: skip in params.yaml to record it in the failures table and go on)"
             )
         log.warning("%s: dive %s (%s) skipped: %s", stage, item.id, item.source, reason)
-        run.failures.append(Failure(stage, item.id, item.source, item.key, reason))
+        failures.append((position[id(item)], Failure(stage, item.id, item.source, item.key, reason)))
 
     todo: dict[str, Item] = {}
     for item in items:
@@ -528,12 +547,14 @@ def run_cached(
 
     computed_keys: set[str] = set()
     pending = list(todo.values())
+    batches = [pending[b : b + batch_size] for b in range(0, len(pending), batch_size)]
+    if batches:
+        executor.prepare(task)  # a model or table that cannot be built fails before anything is written
+        run.workers = executor.workers
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     with tqdm(total=len(pending), desc=stage, unit="video", disable=not progress or not pending) as bar:
-        for b in range(0, len(pending), batch_size):
-            batch = pending[b : b + batch_size]
-            t0 = time.perf_counter()
-            outcomes = compute(batch)
-            run.compute_seconds += time.perf_counter() - t0
+        for batch, outcomes in executor.map(task, batches):
             if len(outcomes) != len(batch):
                 raise RuntimeError(f"{stage}: compute gave {len(outcomes)} results for {len(batch)} items")
             for item, outcome in zip(batch, outcomes, strict=True):
@@ -547,6 +568,7 @@ def run_cached(
                 run.metas[item.key] = meta
                 computed_keys.add(item.key)
             bar.update(len(batch))
+    run.compute_seconds = time.perf_counter() - t0
 
     seen: set[str] = set()
     for item in items:
@@ -562,6 +584,7 @@ def run_cached(
             run.reused.append(item)
         seen.add(item.key)
 
+    run.failures = [f for _, f in sorted(failures, key=lambda pair: pair[0])]
     run.removed = _prune(cache_dir, keep=set(run.metas))
     run.seconds = time.perf_counter() - start
     log.info("%s: %s in %.1f s", stage, run.summary(), run.seconds)

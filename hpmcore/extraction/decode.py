@@ -9,6 +9,7 @@ what the ``pose`` and ``features`` stages start from.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hpmcore.config import DecodeConfig
 from hpmcore.extraction.cache import (
     CACHE_DIR,
     ZSTD_SUFFIX,
+    Compute,
     Entry,
     Extraction,
     Item,
@@ -31,10 +33,12 @@ from hpmcore.extraction.cache import (
     run_cached,
     source_hash,
 )
+from hpmcore.extraction.executor import ComputeTask, Executor
 
 __all__ = [
     "DECODE_CACHE_VERSION",
     "DECODE_MANIFEST_SCHEMA",
+    "decode_compute",
     "decode_videos",
     "load_decoded",
 ]
@@ -85,6 +89,38 @@ bump it when a change to the decoding code (this module, :mod:`hpmcore.extractio
 sampling) changes the frames or the metadata of an entry for the same source and params."""
 
 
+def decode_compute(cfg: DecodeConfig) -> Compute:
+    """The decode stage's compute function: items (payload: path, start and end frame, the source's
+    content hash) → entries ``frames`` uint8 ``(T, H, W, 3)`` and ``indices`` int64 ``(T,)``."""
+    from hpmcore.extraction.video import VideoError, decode_dive
+
+    def decode_one(item: Item) -> Entry:
+        path, start, end, h = item.payload
+        try:
+            dive = decode_dive(path, start, end, cfg)
+        except VideoError as exc:
+            raise ItemError(str(exc)) from None
+        frames = dive.frames
+        expected = (cfg.num_frames, cfg.height, cfg.width, 3)
+        if tuple(frames.shape) != expected or frames.dtype != torch.uint8:  # decode_dive's contract
+            got = f"{frames.dtype} {tuple(frames.shape)}"
+            raise ItemError(f"{path}: decoder returned {got}, expected uint8 {expected}")
+        meta = {
+            "source_hash": h,
+            "start_frame": str(start),
+            "end_frame": str(end),
+            "source_num_frames": str(dive.source_num_frames),
+            "fps": json.dumps(dive.fps),
+            "indices": json.dumps([int(i) for i in dive.indices]),
+            "num_frames": str(cfg.num_frames),
+            "height": str(cfg.height),
+            "width": str(cfg.width),
+        }
+        return Entry({"frames": frames, "indices": torch.from_numpy(dive.indices.astype("int64"))}, meta)
+
+    return per_item(decode_one)
+
+
 def decode_videos(
     dives: pa.Table,
     cfg: DecodeConfig,
@@ -92,6 +128,7 @@ def decode_videos(
     root: Path,
     out_dir: Path,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> Extraction:
     """Decode every dive of a canonical dive table into the per-video cache ``out_dir/cache``.
 
@@ -106,6 +143,8 @@ def decode_videos(
     :data:`DECODE_CACHE_VERSION`. Only the cache entries are written here; the caller writes the
     returned manifest, failures table, counts and timings next to the cache (:meth:`Extraction.write`).
 
+    ``executor`` runs the decoding (:mod:`hpmcore.extraction.executor`; ``None``: in this process).
+
     Raises:
         ExtractionFailed: ``cfg.on_error == "fail"`` and a dive cannot be decoded.
         ConfigError: an invalid ``cfg``.
@@ -113,10 +152,10 @@ def decode_videos(
     import decord
     import PIL
 
-    from hpmcore.extraction.video import FRAME_SUFFIXES, VideoError, decode_dive
+    from hpmcore.extraction.video import FRAME_SUFFIXES
 
     cfg.validate()
-    root = Path(root)
+    root = Path(os.path.abspath(root))  # absolute: the workers of a cluster may run elsewhere
     decode_params = {
         "num_frames": cfg.num_frames,
         "width": cfg.width,
@@ -148,38 +187,15 @@ def decode_videos(
         key = digest({**fixed, "source": h, "start_frame": payload[1], "end_frame": payload[2]})
         items.append(Item(row["id"], row["video_path"], key, payload))
 
-    def decode_one(item: Item) -> Entry:
-        path, start, end, h = item.payload
-        try:
-            dive = decode_dive(path, start, end, cfg)
-        except VideoError as exc:
-            raise ItemError(str(exc)) from None
-        frames = dive.frames
-        expected = (cfg.num_frames, cfg.height, cfg.width, 3)
-        if tuple(frames.shape) != expected or frames.dtype != torch.uint8:  # decode_dive's contract
-            got = f"{frames.dtype} {tuple(frames.shape)}"
-            raise ItemError(f"{path}: decoder returned {got}, expected uint8 {expected}")
-        meta = {
-            "source_hash": h,
-            "start_frame": str(start),
-            "end_frame": str(end),
-            "source_num_frames": str(dive.source_num_frames),
-            "fps": json.dumps(dive.fps),
-            "indices": json.dumps([int(i) for i in dive.indices]),
-            "num_frames": str(cfg.num_frames),
-            "height": str(cfg.height),
-            "width": str(cfg.width),
-        }
-        return Entry({"frames": frames, "indices": torch.from_numpy(dive.indices.astype("int64"))}, meta)
-
     run = run_cached(
         items,
         Path(out_dir) / CACHE_DIR,
-        per_item(decode_one),
+        ComputeTask(decode_compute, (cfg,)),
         stage="decode",
         on_error=cfg.on_error,
         compress=True,
         progress=progress,
+        executor=executor,
     )
     rows = []
     for item in run.ok:

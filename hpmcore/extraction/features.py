@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from hpmcore.extraction.cache import (
     CACHE_DIR,
     MANIFEST,
     SUFFIX,
+    Compute,
     Entry,
     Extraction,
     Item,
@@ -60,6 +62,7 @@ from hpmcore.extraction.cache import (
     sha256_file,
 )
 from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA, load_decoded
+from hpmcore.extraction.executor import ComputeTask, Executor, LocalExecutor
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.i3d import clip_starts
 from hpmcore.runtime import resolve_device
@@ -75,6 +78,8 @@ __all__ = [
     "build_feature_encoders",
     "encode_batch",
     "extract_features",
+    "feature_precision",
+    "features_compute",
     "load_features",
     "preprocess",
 ]
@@ -181,6 +186,15 @@ def _check_finite(module: torch.nn.Module, path: Path | None) -> None:
         raise CheckpointError(f"checkpoint {path}: non-finite values (NaN/inf) in {', '.join(bad[:10])}")
 
 
+def feature_precision(cfg: FeaturesConfig) -> str:
+    """``fp32``, or ``amp-bf16`` / ``amp-fp16`` on CUDA with ``cfg.amp`` (bf16 where supported), for the
+    device ``cfg.device`` resolves to here (part of every cache key)."""
+    device = resolve_device(cfg.device, param="features.device")
+    if device.type == "cuda" and cfg.amp:
+        return "amp-bf16" if torch.cuda.is_bf16_supported() else "amp-fp16"
+    return "fp32"
+
+
 def build_feature_encoders(cfg: FeaturesConfig, *, project_dir: Path = Path(".")) -> FeatureEncoders:
     """Build both encoders from ``cfg`` (weights paths relative to ``project_dir``).
 
@@ -216,14 +230,11 @@ def build_feature_encoders(cfg: FeaturesConfig, *, project_dir: Path = Path(".")
     _check_finite(static, static_path)
     i3d = i3d.to(device, memory_format=torch.channels_last_3d)
     static = static.to(device, memory_format=torch.channels_last)
-    precision = "fp32"
-    if device.type == "cuda" and cfg.amp:
-        precision = "amp-bf16" if torch.cuda.is_bf16_supported() else "amp-fp16"
     return FeatureEncoders(
         i3d=i3d,
         static=static,
         device=device,
-        precision=precision,
+        precision=feature_precision(cfg),
         i3d_info=EncoderInfo(I3D_NAME, cfg.i3d_weights, i3d_hash),
         static_info=EncoderInfo(STATIC_NAME, cfg.static_weights, static_hash),
     )
@@ -283,67 +294,22 @@ FEATURES_CACHE_VERSION = 1
 same decoded frames, weights and params."""
 
 
-def extract_features(
-    decoded_dir: Path,
-    cfg: FeaturesConfig,
-    *,
-    out_dir: Path,
-    project_dir: Path = Path("."),
-    progress: bool = True,
-) -> Extraction:
-    """Compute (or reuse) the features of every dive in ``decoded_dir/manifest.parquet``.
-
-    Encoders are built (and weights checked) before anything is written. Entries go to
-    ``out_dir/cache``; the caller writes the rest (:meth:`~hpmcore.extraction.cache.Extraction.write`).
+def features_compute(
+    cfg: FeaturesConfig, project_dir: Path, decoded_dir: Path, params: dict[str, Any], precision: str
+) -> Compute:
+    """The features stage's compute function: builds both encoders (where it runs: on a Dask worker,
+    on that worker's device) and turns batches of decode-manifest rows into entries.
 
     Raises:
-        CheckpointError: a weights file is missing, mismatched or non-finite (nothing is written).
-        ConfigError: clips longer than the decoded videos; ``device: cuda`` without a GPU.
-        ManifestError: the decode manifest is missing or malformed.
-        ExtractionFailed: ``cfg.on_error == "fail"`` and a dive failed (unreadable decoded frames,
-            non-finite features).
+        CheckpointError, ConfigError: as :func:`build_feature_encoders`.
+        RuntimeError: the encoders run at another precision than ``precision`` (the keys').
     """
-    import timm
-
-    decoded_dir = Path(decoded_dir)
-    decoded = read_manifest(decoded_dir / MANIFEST, DECODE_MANIFEST_SCHEMA)
-    rows = decoded.to_pylist()
-    short = [r["id"] for r in rows if r["num_frames"] < cfg.clip_len]
-    if short:
-        raise ConfigError(
-            f"features.clip_len={cfg.clip_len} is longer than the decoded videos "
-            f"(decode.num_frames={rows[0]['num_frames']})"
-        )
     encoders = build_feature_encoders(cfg, project_dir=project_dir)
-    log.info(
-        "features: %d videos on %s (%s); I3D weights %s, RegNet weights %s",
-        len(rows),
-        encoders.device,
-        encoders.precision,
-        encoders.i3d_info.weights_sha256,
-        encoders.static_info.weights_sha256,
-    )
-    params = {
-        "clip_len": cfg.clip_len,
-        "clip_stride": cfg.clip_stride,
-        "crop_size": cfg.crop_size,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "init_seed": cfg.init_seed,
-    }
-    fixed = {
-        "stage": "features",
-        "version": FEATURES_CACHE_VERSION,
-        "params": params,
-        "i3d_weights": encoders.i3d_info.weights_sha256,
-        "static_weights": encoders.static_info.weights_sha256,
-        "precision": encoders.precision,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-    }
-    if RANDOM_INIT not in (encoders.i3d_info.weights_sha256, encoders.static_info.weights_sha256):
-        fixed["params"] = {k: v for k, v in params.items() if k != "init_seed"}
-    items = [Item(r["id"], r["source_path"], digest({**fixed, "decode_key": r["key"]}), r) for r in rows]
+    if encoders.precision != precision:
+        raise RuntimeError(
+            f"features: encoders on {encoders.device} run at {encoders.precision}, but the cache keys were "
+            f"made for {precision} (workers with different devices?)"
+        )
     common_meta = {
         "i3d_encoder": encoders.i3d_info.name,
         "i3d_weights": json.dumps(encoders.i3d_info.weights),
@@ -371,14 +337,85 @@ def extract_features(
                 outcomes[i] = _entry(batch[i], frames, f_i3d, f_static, params, common_meta)
         return [outcomes[i] for i in range(len(batch))]
 
+    return compute
+
+
+def extract_features(
+    decoded_dir: Path,
+    cfg: FeaturesConfig,
+    *,
+    out_dir: Path,
+    project_dir: Path = Path("."),
+    progress: bool = True,
+    executor: Executor | None = None,
+) -> Extraction:
+    """Compute (or reuse) the features of every dive in ``decoded_dir/manifest.parquet``.
+
+    Weights files are hashed here and the encoders built where they run (``executor``, see
+    :mod:`hpmcore.extraction.executor`; ``None``: in this process) before anything is written. Entries
+    go to ``out_dir/cache``; the caller writes the rest (:meth:`~hpmcore.extraction.cache.Extraction.write`).
+
+    Raises:
+        CheckpointError: a weights file is missing, mismatched or non-finite (nothing is written).
+        ConfigError: clips longer than the decoded videos; ``device: cuda`` without a GPU.
+        ManifestError: the decode manifest is missing or malformed.
+        ExtractionFailed: ``cfg.on_error == "fail"`` and a dive failed (unreadable decoded frames,
+            non-finite features).
+    """
+    import timm
+
+    executor = executor if executor is not None else LocalExecutor()
+    # absolute: the workers of a cluster may run elsewhere
+    decoded_dir, project_dir = Path(os.path.abspath(decoded_dir)), Path(os.path.abspath(project_dir))
+    decoded = read_manifest(decoded_dir / MANIFEST, DECODE_MANIFEST_SCHEMA)
+    rows = decoded.to_pylist()
+    short = [r["id"] for r in rows if r["num_frames"] < cfg.clip_len]
+    if short:
+        raise ConfigError(
+            f"features.clip_len={cfg.clip_len} is longer than the decoded videos "
+            f"(decode.num_frames={rows[0]['num_frames']})"
+        )
+    _, i3d_hash = _weights(cfg.i3d_weights, "i3d_weights", project_dir)
+    _, static_hash = _weights(cfg.static_weights, "static_weights", project_dir)
+    precision = executor.run_once(feature_precision, cfg)  # where the encoders run
+    log.info(
+        "features: %d videos, %s executor (%s); I3D weights %s, RegNet weights %s",
+        len(rows),
+        executor.name,
+        precision,
+        i3d_hash,
+        static_hash,
+    )
+    params = {
+        "clip_len": cfg.clip_len,
+        "clip_stride": cfg.clip_stride,
+        "crop_size": cfg.crop_size,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "init_seed": cfg.init_seed,
+    }
+    fixed = {
+        "stage": "features",
+        "version": FEATURES_CACHE_VERSION,
+        "params": params,
+        "i3d_weights": i3d_hash,
+        "static_weights": static_hash,
+        "precision": precision,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+    }
+    if RANDOM_INIT not in (i3d_hash, static_hash):
+        fixed["params"] = {k: v for k, v in params.items() if k != "init_seed"}
+    items = [Item(r["id"], r["source_path"], digest({**fixed, "decode_key": r["key"]}), r) for r in rows]
     run = run_cached(
         items,
         Path(out_dir) / CACHE_DIR,
-        compute,
+        ComputeTask(features_compute, (cfg, project_dir, decoded_dir, params, precision)),
         stage="features",
         on_error=cfg.on_error,
         batch_size=cfg.batch_size,
         progress=progress,
+        executor=executor,
     )
     out_rows = []
     for item in run.ok:

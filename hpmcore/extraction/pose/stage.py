@@ -33,6 +33,7 @@ dataset moves). The table is rebuilt from the entries, in dive order, on every r
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +58,7 @@ from hpmcore.extraction.cache import (
     per_item,
     run_cached,
 )
+from hpmcore.extraction.executor import ComputeTask, Executor
 from hpmcore.extraction.pose.table import DiveSkeleton, PoseError, skeleton_table
 from hpmcore.extraction.video import VideoError
 
@@ -152,6 +154,7 @@ def extract_pose(
     out_dir: Path,
     project_dir: Path = Path("."),
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> Extraction:
     """The ``pose`` stage: skeletons of every decoded dive through the per-video cache ``out_dir/cache``.
 
@@ -173,6 +176,8 @@ def extract_pose(
         project_dir: relative paths in ``cfg`` (checkpoints, configs, ``annotations_path``) are
             resolved against it (the folder of ``params.yaml``).
         progress: show a progress bar.
+        executor: where the per-dive work runs (:mod:`hpmcore.extraction.executor`; ``None``: here).
+            The backend is also built here, for the keys and the table's metadata.
 
     Returns:
         :class:`~hpmcore.extraction.cache.Extraction` whose ``manifest`` is the sampled skeleton table
@@ -249,10 +254,13 @@ def extract_pose(
     run = run_cached(
         items,
         Path(out_dir) / CACHE_DIR,
-        pose_compute(cfg, root, project_dir, num_frames),
+        # absolute paths for the workers (a cluster's may run elsewhere); the table's metadata keeps the
+        # paths as given (the same in every clone)
+        ComputeTask(pose_compute, (cfg, _absolute(root), _absolute(project_dir), num_frames)),
         stage="pose",
         on_error=cfg.on_error,
         progress=progress,
+        executor=executor,
     )
     skeletons = [_load_skeleton(Path(out_dir) / CACHE_DIR, item, num_frames) for item in run.ok]
     table = skeleton_table(skeletons, {**backend.metadata(), "num_frames": num_frames})
@@ -260,6 +268,10 @@ def extract_pose(
     if "videos_per_s" in timings:
         timings["frames_per_s"] = round(timings["videos_per_s"] * num_frames, 1)
     return Extraction(table, failures_table(run.failures), run.stats(), timings, run)
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(path))
 
 
 def _load_skeleton(cache_dir: Path, item: Item, num_frames: int) -> DiveSkeleton:
