@@ -153,7 +153,8 @@ STAGE_SECTIONS = {
 @pytest.mark.parametrize(("label", "pipeline", "stage"), _stages(), ids=[s[0] for s in _stages()])
 def test_stage_params_are_listed_key_by_key(label: str, pipeline: Path, stage: dict) -> None:
     """Every key of the sections a stage reads (as ``hpmcore/config.py`` defines them today) is listed,
-    no speed-only key is, and no section is listed whole (it would include the speed-only keys)."""
+    no speed-only key is, no section is listed whole (it would include the speed-only keys), and no
+    listed key is unknown (DVC would refuse the pipeline)."""
     hints = typing.get_type_hints(Params)
     params = {p for entry in stage.get("params", []) for p in ([entry] if isinstance(entry, str) else entry)}
     assert not params & set(SPEED_ONLY), f"{label} lists a speed-only param"
@@ -163,6 +164,10 @@ def test_stage_params_are_listed_key_by_key(label: str, pipeline: Path, stage: d
     for section in STAGE_SECTIONS[label]:
         keys = {f"{section}.{f.name}" for f in dataclasses.fields(hints[section])} - set(SPEED_ONLY)
         assert keys <= params, f"{label}: params miss {sorted(keys - params)}"
+    known = set(hints) | {f"{n}.{f.name}" for n in whole for f in dataclasses.fields(hints[n])}
+    assert params <= known, (
+        f"{label} lists params that hpmcore/config.py does not have: {sorted(params - known)}"
+    )
 
 
 def _dvc(project: Path, *args: str) -> str:

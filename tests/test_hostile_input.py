@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -150,24 +151,40 @@ def _dataset(root: Path, annotation_bytes: bytes) -> Path:
     return root
 
 
+_MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+"""Runs the command as its child and records its exit status and peak RSS. A child forked straight from
+pytest would count pytest's own pages (the RSS high-water mark survives fork + exec); one forked from
+this small interpreter counts only its own."""
+
+
 def run_bounded(cmd: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str, float, float]:
-    """Run ``cmd``; return (exit status, negative for a signal), its stderr+stdout, seconds and peak RSS
-    in MB (``wait4``'s, this child only)."""
-    out = cwd / "output.txt"
+    """Run ``cmd``; return (exit status, negative for a signal), its stdout+stderr, seconds and peak RSS
+    in MB. Killed (with its children) after ``timeout`` seconds."""
+    out, result = cwd / "output.txt", cwd / "measure.txt"
     start = time.monotonic()
     with open(out, "w") as sink:
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=sink, stderr=subprocess.STDOUT)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - start > timeout:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait for it again
-    return proc.returncode, out.read_text(), time.monotonic() - start, usage.ru_maxrss / 1024
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(result), *cmd],
+            cwd=cwd,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return -signal.SIGKILL, out.read_text(), time.monotonic() - start, float("nan")
+    seconds = time.monotonic() - start
+    status, rss_kb = result.read_text().split()
+    return int(status), out.read_text(), seconds, int(rss_kb) / 1024
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
