@@ -310,6 +310,7 @@ def test_safe_load_reads_numpy_and_containers(tmp_path: Path, protocol: int) -> 
             np.zeros((0, 3), np.int8),
         ),
         "dtype": np.dtype("<i4"),
+        "strings": (np.str_("407C"), np.array(["a", "bcd"]), np.bytes_(b"5253B")),
     }
     loaded = safe_load(_dump(tmp_path / "ok.pkl", obj, protocol), encoding="latin1")
     as_numpy_loads = pickle.loads(pickle.dumps(obj["arrays"], protocol))  # '>f4' comes back native < 5
@@ -317,6 +318,8 @@ def test_safe_load_reads_numpy_and_containers(tmp_path: Path, protocol: int) -> 
         assert type(got) is np.ndarray and got.dtype == want.dtype and np.array_equal(got, want)
         assert got.flags.f_contiguous == want.flags.f_contiguous
     assert type(loaded[("01", 1)][3]) is np.ndarray and loaded["dtype"] == np.dtype("<i4")
+    assert loaded["strings"][0] == "407C" and loaded["strings"][1].tolist() == ["a", "bcd"]
+    assert loaded["strings"][2] == b"5253B"
     assert loaded[("01", 1)][:3] == ["407c", 88.0, 3.2]
     assert loaded[("01", 1)][3].dtype == np.int64 and loaded[("01", 1)][3].tolist() == [2, 34]
     assert loaded[("01", 1)][4].tolist() == list(range(85))

@@ -15,7 +15,8 @@ not hold:
    none of them numpy's own constructors:
 
    * ``numpy.dtype`` → :class:`_PickledDType`, which accepts only the plain numeric and boolean type
-     codes of :data:`ALLOWED_DTYPES` (no object, structured, sub-array or string dtypes) and whose
+     codes of :data:`ALLOWED_DTYPES` and fixed-width strings (no object, structured or sub-array
+     dtypes) and whose
      ``BUILD`` state may only set the byte order;
    * ``numpy.core.multiarray._reconstruct`` (protocols 0–4) → an empty :class:`_LoadingArray` that
      allocates nothing; its ``BUILD`` state (shape, dtype, order, raw bytes) is checked — the dtype
@@ -43,6 +44,7 @@ import io
 import math
 import pickle
 import pickletools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +59,9 @@ MAX_NDIM = 32
 ALLOWED_DTYPES: frozenset[str] = frozenset(
     {"b1", "?"} | {f"{kind}{size}" for kind in "iu" for size in (1, 2, 4, 8)} | {"f2", "f4", "f8"}
 )
-"""Type codes (``np.dtype(...).str`` without the byte order) a pickled dtype may have: booleans,
-integers and floats. The annotation formats need no other (their strings are Python ``str``)."""
+"""Numeric type codes (``np.dtype(...).str`` without the byte order) a pickled dtype may have: booleans,
+integers and floats. Fixed-width strings (``U<n>``, ``S<n>``: plain bytes, no pointers) are allowed too,
+for numpy string scalars such as a dive number written by numpy-based tools."""
 
 _ALLOWED_OPCODES = frozenset(
     {
@@ -262,8 +265,12 @@ class _PickledDType:
     def __init__(self, code: Any, align: Any = False, copy: Any = False) -> None:
         if isinstance(code, bytes):
             code = code.decode("latin1")
-        if not isinstance(code, str) or code.lstrip("<>|=") not in ALLOWED_DTYPES:
-            raise RefusedPickleError(f"refused dtype {code!r}: only {sorted(ALLOWED_DTYPES)}")
+        if not isinstance(code, str) or not (
+            code.lstrip("<>|=") in ALLOWED_DTYPES or re.fullmatch(r"[<>|=]?[US]\d{1,7}", code)
+        ):
+            raise RefusedPickleError(
+                f"refused dtype {code!r}: only {sorted(ALLOWED_DTYPES)} and fixed-width strings U<n>/S<n>"
+            )
         self.numpy = np.dtype(code)
 
     def __setstate__(self, state: Any) -> None:
