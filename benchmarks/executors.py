@@ -9,7 +9,8 @@ Each run is the stage's own library call (:func:`~hpmcore.extraction.decode.deco
 into an empty cache, so every dive is computed; the time is the stage's ``compute_seconds`` (first
 batch sent to last one back) and, separately, the whole call with the cluster already started (it
 includes building the encoders on every worker). The local executor runs with torch's default threads
-(as ``dvc repro`` does); each Dask worker has one thread, as the stages' local clusters do. The
+(as ``dvc repro`` does); each Dask worker has one thread, as the stages' local clusters do; with
+``--device cuda`` each Dask worker is one GPU (``--workers`` at most the number of GPUs). The
 outputs of every executor are checked byte for byte against the local run's.
 """
 
@@ -30,7 +31,6 @@ from hpmcore.extraction.cache import MANIFEST, Extraction
 from hpmcore.extraction.decode import decode_videos
 from hpmcore.extraction.executor import Executor, LocalExecutor, open_executor
 from hpmcore.extraction.features import extract_features
-from hpmcore.extraction.pose.stage import extract_pose
 from hpmcore.extraction.pose.table import SKELETONS
 from hpmcore.io import read_parquet
 
@@ -55,6 +55,7 @@ def run_stage(stage: str, executor: Executor, args: argparse.Namespace, work: Pa
             result.write(out)
         case "pose":
             from hpmcore.data.canonical import read_annotations
+            from hpmcore.extraction.pose.stage import extract_pose
 
             root, dives = work / "synth", read_annotations(work / "synth" / "annotations.parquet")
             decoded = read_parquet(work / "decoded" / MANIFEST, ValueError, "missing")
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         rates: dict[tuple[str, str], tuple[float, float]] = {}
         for name, workers in executors:
             cfg = ExtractConfig(executor=name, workers=max(workers, 1))  # type: ignore[arg-type]
-            with open_executor(cfg) as executor:
+            gpus = workers if name == "dask" and args.device == "cuda" else 0  # one worker per GPU
+            with open_executor(cfg, gpus=gpus) as executor:
                 for stage in args.stages:
                     out = work / f"{stage}-{name}-{workers}"
                     start = time.perf_counter()
