@@ -3,17 +3,23 @@
 Every stage takes one top-level ``seed`` (``params.yaml``); every random stream of the project is a
 named child of it, :func:`derive_seed` ``(seed, *keys)`` (e.g. ``("pairs", epoch)``, ``("voters", draw)``,
 ``("query", dive_id)``), so streams are independent of each other and of the order work is done in.
+
+torch is imported only by the functions that need it, so the seed scheme costs data-only stages (``prepare``)
+no torch import.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from hpmcore.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["derive_rng", "derive_seed", "resolve_device", "seed_everything", "seed_worker"]
 
@@ -24,6 +30,8 @@ def resolve_device(choice: str, *, param: str = "device") -> torch.device:
     Raises:
         ConfigError: naming ``param`` for ``cuda`` without CUDA or an unknown choice.
     """
+    import torch
+
     match choice:
         case "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,6 +71,8 @@ def derive_rng(seed: int, *keys: int | str) -> np.random.Generator:
 
 def seed_everything(seed: int) -> None:
     """Seed Python ``random``, numpy's global generator and torch (CPU and every CUDA device)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -71,6 +81,8 @@ def seed_everything(seed: int) -> None:
 def seed_worker(worker_id: int) -> None:
     """``DataLoader(worker_init_fn=...)``: seed a worker's ``random`` and numpy from torch's worker seed
     (which the loader derives from its ``generator``), so augmentation draws are reproducible."""
+    import torch
+
     del worker_id
     base = torch.initial_seed() % 2**32
     random.seed(base)
