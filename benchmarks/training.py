@@ -28,8 +28,10 @@ from pathlib import Path
 
 import torch
 
+from hpmcore.config import EvalConfig
 from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
-from hpmcore.training.evaluate import EvalConfig, evaluate_model, synthetic_feature_bank
+from hpmcore.training.bank import synthetic_feature_bank
+from hpmcore.training.evaluate import evaluate_model
 from hpmcore.training.train import TrainConfig, train
 
 

@@ -36,8 +36,7 @@ from hpmcore.config import Params, flatten, load_params, params_to_dict
 from hpmcore.extraction.cache import FAILURES, MANIFEST, TIMINGS
 from hpmcore.models.export import PairScorer
 from hpmcore.tracking import mlflow as tracking
-from hpmcore.training.runs import CHECKPOINTS, build_model
-from hpmcore.training.train import BEST, load_checkpoint
+from hpmcore.training.checkpoints import BEST, CHECKPOINTS, model_from_checkpoint
 
 MODEL_DIR = Path("data/model")
 """The train stage's output folder (``model_dir`` in dvc.yaml)."""
@@ -218,8 +217,7 @@ def log_model_results(project_dir: Path, params: Params, lineage: dict[str, str]
     tracking.log_file(model_dir / "train.json", "train")
     for name in ("metrics.json", "predictions.csv", "transitions.csv"):
         tracking.log_file(eval_dir / name, "evaluate")
-    model = build_model(params)
-    load_checkpoint(model_dir / CHECKPOINTS / BEST, model)
+    model, _ = model_from_checkpoint(model_dir / CHECKPOINTS / BEST)
     features = pq.read_table(project_dir / FEATURES_DIR / MANIFEST, columns=["num_clips"])
     scorer = PairScorer(model, num_clips=int(features.column("num_clips")[0].as_py()))
     example = np.zeros((2, 2 * scorer.width), dtype=np.float32)

@@ -37,6 +37,9 @@ MAX_DECODED_BYTES = 2**31
 """Largest decoded dive, ``num_frames · height · width · 3`` bytes (2 GiB)."""
 MAX_BATCH = 65536
 """Largest batch size of any kind."""
+FROM_FEATURES = {"from_data": "read from the features manifest (hpmcore.training.bank.BankDims)"}
+"""Field metadata of a config value that is not a parameter: the training runtime fills it in from the
+features it is given (widths, T, the I3D clip stride), so ``params.yaml`` must not state it."""
 
 
 def _check_range(where: str, value: float, low: float, high: float) -> None:
@@ -326,14 +329,15 @@ class ModelConfig:
     trains in about 2.5 minutes on 2 CPU cores.
     """
 
-    i3d_dim: int = 1024
-    """Width of the cached I3D clip features."""
-    static_dim: int = 368
-    """Width of the cached static (RegNetY-002) per-frame features."""
-    num_frames: int = 96
-    """T, sampled frames per video (static features and poses must have it)."""
-    clip_stride: int = 10
-    """Frames between I3D clip starts: frame transition ``t`` → clip ``t // clip_stride`` (§5.6)."""
+    i3d_dim: int = field(default=1024, metadata=FROM_FEATURES)
+    """Width of the cached I3D clip features (from the features, not a param)."""
+    static_dim: int = field(default=368, metadata=FROM_FEATURES)
+    """Width of the cached static (RegNetY-002) per-frame features (from the features, not a param)."""
+    num_frames: int = field(default=96, metadata=FROM_FEATURES)
+    """T, sampled frames per video (static features and poses must have it; from the features)."""
+    clip_stride: int = field(default=10, metadata=FROM_FEATURES)
+    """Frames between I3D clip starts: frame transition ``t`` → clip ``t // clip_stride`` (§5.6; from the
+    features manifest)."""
     dim: int = 256
     """D, the common token width."""
     heads: int = 2
@@ -483,7 +487,8 @@ class TrainConfig:
     pairing: ExemplarMode = "dive_number"
     """Training exemplars (and validation voters): ``dive_number`` (w/ DN), ``difficulty`` or ``any``."""
     dd_mode: bool = False
-    """Regress completeness ``score / DD`` instead of the score (spec §10.3)."""
+    """Regress completeness ``score / DD`` instead of the score (spec §10.3). Recorded in the checkpoint:
+    evaluation votes in the mode the model was trained in."""
     val_exemplars: int = 10
     """Voters per validation query (one seeded draw, the same every epoch)."""
     val_exemplar_mode: ExemplarMode | None = None
@@ -535,7 +540,6 @@ class TrainConfig:
             exemplars=self.val_exemplars,
             exemplar_mode=self.val_exemplar_mode or self.pairing,
             num_voter_draws=1,
-            dd_mode=self.dd_mode,
             device=self.device,
         )
 
@@ -550,19 +554,12 @@ class EvalConfig:
     """``dive_number`` (w/ DN), ``difficulty`` (same DD) or ``any`` (w/o DN)."""
     num_voter_draws: int = 5
     """Independent voter draws (seeds ``voter_seed(seed, d)``); metrics are mean ± std over them."""
-    dd_mode: bool = False
-    """DD mode (§10.3): the model regresses completeness ``score / DD``; ``ŝ_q = DD_q·(Δ + c_e)``."""
     pair_batch_size: int = 256
     """(query, exemplar) pairs per pair-head batch (speed only)."""
     encode_batch_size: int = 32
     """Videos per encoder batch (speed only)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """``auto`` = CUDA when available, else CPU."""
-
-    @classmethod
-    def cpu_default(cls) -> EvalConfig:
-        """The pipeline's default (``params.yaml``): the paper's protocol in DD mode (as ``train``)."""
-        return cls(dd_mode=True)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
@@ -588,8 +585,8 @@ class EvalConfig:
 class CoReConfig:
     """The CoRe-style baseline: an MLP on the concatenated mean-pooled I3D features of a pair."""
 
-    i3d_dim: int = 1024
-    """Width of the cached I3D clip features."""
+    i3d_dim: int = field(default=1024, metadata=FROM_FEATURES)
+    """Width of the cached I3D clip features (from the features, not a param)."""
     hidden: int = 256
     """Width of the two hidden layers."""
     dropout: float = 0.0
@@ -619,7 +616,7 @@ class Params:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig.cpu_default)
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
-    eval: EvalConfig = field(default_factory=EvalConfig.cpu_default)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     core: CoReConfig = field(default_factory=CoReConfig)
 
     def validate(self) -> None:
@@ -719,6 +716,21 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _refuse_from_data(raw: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` for a key of ``params.yaml`` that names a :data:`FROM_FEATURES` field."""
+    hints = typing.get_type_hints(Params)
+    for section, values in raw.items():
+        tp = hints.get(section)
+        if not (isinstance(values, dict) and dataclasses.is_dataclass(tp)):
+            continue
+        for f in dataclasses.fields(tp):
+            if f.name in values and f.metadata.get("from_data"):
+                raise ConfigError(
+                    f"{section}.{f.name} is not a parameter: it is {f.metadata['from_data']}; "
+                    "remove it from the file"
+                )
+
+
 def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and validate the whole parameter file.
 
@@ -726,7 +738,9 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
         ConfigError: "<path>: <problem>" for a missing file, bad YAML, unknown or mistyped keys.
     """
     try:
-        return from_dict(Params, _read_yaml(path))
+        raw = _read_yaml(path)
+        _refuse_from_data(raw)
+        return from_dict(Params, raw)
     except ConfigError as exc:
         if str(exc).startswith(str(path)):
             raise
@@ -734,16 +748,23 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:
-    """A plain nested dict of a config dataclass (tuples become lists), e.g. for logging."""
+    """A plain nested dict of a config dataclass (tuples become lists), e.g. for logging; the fields that
+    are not parameters (:data:`FROM_FEATURES`) are left out."""
 
     def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {
+                f.name: convert(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if not f.metadata.get("from_data")
+            }
         if isinstance(value, tuple | list):
             return [convert(v) for v in value]
         if isinstance(value, dict):
             return {k: convert(v) for k, v in value.items()}
         return value
 
-    return convert(dataclasses.asdict(params))
+    return convert(params)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -9,8 +9,7 @@ from hpmcore.config import ConfigError, Params
 from hpmcore.data.canonical import DatasetError
 from hpmcore.extraction.cache import ManifestError
 from hpmcore.models.checkpoints import CheckpointError
-from hpmcore.training.evaluate import FeatureBank
-from hpmcore.training.runs import pipeline_bank
+from hpmcore.training.bank import FeatureBank, pipeline_bank
 
 INPUT_ERRORS = (ConfigError, DatasetError, ManifestError, CheckpointError)
 """Bad params, tables, manifests, features or checkpoints: the model stages exit 2 with the message."""
@@ -25,12 +24,13 @@ def add_bank_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", type=Path, required=True, help="output folder of the features stage")
 
 
-def load_bank(args: argparse.Namespace, params: Params) -> FeatureBank:
-    """The feature bank of the folders named by :func:`add_bank_arguments`."""
+def load_bank(args: argparse.Namespace, params: Params, *, splash: bool = True) -> FeatureBank:
+    """The feature bank of the folders named by :func:`add_bank_arguments`; ``splash``: with the splash
+    sizes of ``<data.root>/latents.parquet`` when it exists (training targets, not needed to evaluate)."""
     return pipeline_bank(
         args.dives,
         args.decoded,
         args.features,
         args.pose,
-        data_root=params.data.root_path(args.params.parent),
+        data_root=params.data.root_path(args.params.parent) if splash else None,
     )

@@ -4,10 +4,12 @@ Usage: ``python stages/evaluate.py --params params.yaml --dives data/prepared/di
 --decoded data/decoded --pose data/pose --features data/features --model data/model --out data/eval``
 
 Writes into ``--out``: ``metrics.json`` (ρ, L2, RL2, RL2×100 as mean ± std over voter draws, tIoU,
-AIoU@0.5/0.75, the checkpoint's epoch: DVC metrics; the same checkpoint and seed give an identical
-file), ``predictions.csv`` (per query: true and predicted score: DVC plot) and ``transitions.csv``
-(per query: predicted − true transition frame of take-off→flight and flight→entry: DVC plot).
-Exit status 2 for bad params, a missing/mismatched checkpoint or missing/bad features (named).
+AIoU@0.5/0.75 over the queries with ground-truth transitions, the checkpoint's epoch, the test dives
+left out because an extraction stage skipped them: DVC metrics; the same checkpoint and seed give an
+identical file), ``predictions.csv`` (per query: true and predicted score: DVC plot) and
+``transitions.csv`` (per query: predicted − true transition frame of take-off→flight and
+flight→entry: DVC plot). Exit status 2 for bad params, a missing, bad (NaN weights, missing keys) or
+mismatched checkpoint, or missing/bad features (named).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from _common import INPUT_ERRORS, add_bank_arguments, load_bank
 from hpmcore.config import load_params
 from hpmcore.io import write_csv, write_json
 from hpmcore.logs import setup_logging
-from hpmcore.training.runs import evaluate_run
+from hpmcore.training.checkpoints import BEST, CHECKPOINTS
+from hpmcore.training.evaluate import evaluate_checkpoint
 
 log = logging.getLogger("stages.evaluate")
 
@@ -36,8 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         params = load_params(args.params)
-        bank = load_bank(args, params)
-        report = evaluate_run(bank, params, args.model)
+        bank = load_bank(args, params, splash=False)
+        report = evaluate_checkpoint(
+            args.model / CHECKPOINTS / BEST,
+            bank,
+            params.eval,
+            seed=params.seed,
+            split="test",
+            expected_model=bank.fill(params.model),  # trained with params.model (+ the features' sizes)
+            progress=True,
+        )
     except INPUT_ERRORS as exc:
         log.error("%s", exc)
         return 2
@@ -46,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(report.transitions, args.out / "transitions.csv")
     m = report.metrics
     log.info(
-        "evaluate: %d test queries, rho %.4f ± %.4f, RL2x100 %.3f, AIoU@0.5 %s, AIoU@0.75 %s",
+        "evaluate: %d test queries (%d skipped), rho %.4f ± %.4f, RL2x100 %.3f, AIoU@0.5 %s, AIoU@0.75 %s",
         m["num_queries"],
+        m["skipped"]["count"],
         m["rho"] if m["rho"] is not None else float("nan"),
         m["rho_std"] if m.get("rho_std") is not None else float("nan"),
         m["rl2_x100"] if m["rl2_x100"] is not None else float("nan"),

@@ -12,25 +12,27 @@ import numpy as np
 import pytest
 import torch
 
+from hpmcore.config import EvalConfig
 from hpmcore.data.canonical import DatasetError
 from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
 from hpmcore.models.segmentation import decode_halves
-from hpmcore.training.baselines import CoReConfig, build_core_baseline
-from hpmcore.training.evaluate import (
-    EvalConfig,
+from hpmcore.training.bank import (
     FeatureBank,
     FeatureBankError,
     VideoFeatures,
-    evaluate_model,
-    evaluation_from_predictions,
-    input_spec,
-    json_safe,
-    plan_evaluation,
     stack_videos,
     synthetic_feature_bank,
+)
+from hpmcore.training.checkpoints import load_weights
+from hpmcore.training.core_baseline import CoReConfig, build_core_baseline
+from hpmcore.training.evaluate import (
+    evaluate_model,
+    evaluation_from_predictions,
+    json_safe,
+    plan_evaluation,
     voter_seed,
 )
-from hpmcore.training.train import TrainConfig, load_checkpoint, train
+from hpmcore.training.train import TrainConfig, train
 
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
 DNS = ("101a", "201b", "301c")
@@ -77,7 +79,7 @@ def test_cached_encoding_and_heads_equal_the_full_forward_per_pair() -> None:
     bank = _bank(train=9, test=3)
     model = build_hpmcore(ModelConfig.tiny(), seed=3)  # full model: HD-GCN, segmenter, static branch
     ev = evaluate_model(model, bank, "test", _ecfg(exemplars=3, num_voter_draws=1), seed=1)
-    spec = input_spec(model, "query")
+    spec = model.input_spec("query")
     assert not model.training
     with torch.no_grad():
         for row in ev.rows:
@@ -107,8 +109,8 @@ def test_prediction_is_the_voter_mean_and_dd_mode_rescales() -> None:
     bank = _bank(train=12, test=4, dive_numbers=DNS)
     model = _zero_delta_model()
     for dd_mode in (False, True):
-        cfg = _ecfg(exemplars=6, exemplar_mode="any", num_voter_draws=1, dd_mode=dd_mode)
-        ev = evaluate_model(model, bank, "test", cfg, seed=2)
+        cfg = _ecfg(exemplars=6, exemplar_mode="any", num_voter_draws=1)
+        ev = evaluate_model(model, bank, "test", cfg, seed=2, dd_mode=dd_mode)
         for row in ev.rows:
             es = [bank.get(e) for e in row["exemplars"]]
             if dd_mode:
@@ -178,7 +180,7 @@ def test_same_checkpoint_and_seed_give_identical_metrics(tmp_path: Path) -> None
     results = []
     for init_seed in (1, 2):  # fresh models with different initial weights, loaded from the same best.pt
         model = build_hpmcore(cfg_m, seed=init_seed)
-        load_checkpoint(tmp_path / "best.pt", model)
+        load_weights(tmp_path / "best.pt", model)
         results.append(evaluate_model(model, bank, "test", _ecfg(num_voter_draws=3), seed=7))
     assert results[0].metrics == results[1].metrics and results[0].rows == results[1].rows
     assert json.dumps(results[0].metrics, sort_keys=True) == json.dumps(results[1].metrics, sort_keys=True)
@@ -240,3 +242,41 @@ def test_bank_rejects_inconsistent_labels_and_unknown_videos() -> None:
         plan_evaluation(bank, "val", _ecfg(), seed=0)
     with pytest.raises(ValueError, match="exemplars"):
         _ecfg(exemplars=0).validate()
+
+
+def test_queries_without_ground_truth_are_left_out_of_tiou_and_aiou() -> None:
+    """tIoU / AIoU over the queries with ground-truth transitions only; score metrics over all."""
+    bank = _bank(train=3, test=4)
+    queries = bank.split_ids("test")
+    videos = dict(bank.videos)
+    videos[queries[1]] = replace(videos[queries[1]], transitions=None)
+    partial = FeatureBank(videos, bank.table, bank.dims)
+    gts = {q: partial.get(q).transitions for q in queries}
+    pred = np.array([gts[queries[0]].tolist(), [0, 11], gts[queries[2]].tolist(), [0, 1]])
+    st, ed = gts[queries[3]].tolist()
+    # query 3: predicted [0, 1] vs ground truth [st, ed] with st >= 1: disjoint, tIoU 0
+    ev = evaluation_from_predictions(partial, "test", queries, np.zeros((1, 4)) + 50.0, pred)
+    m = ev.metrics
+    assert m["queries_without_transitions"] == 1
+    assert m["tiou"] == pytest.approx(2 / 3, abs=1e-6)  # (1 + 1 + 0) / 3: query 1 is not counted
+    assert m["aiou_50"] == pytest.approx(200 / 3) and m["aiou_75"] == pytest.approx(200 / 3)
+    assert ev.rows[1]["tiou"] is None and ev.rows[1]["st_gt"] is None and ev.rows[1]["st_pred"] == 0
+    assert ev.rows[3]["tiou"] == 0.0 and st >= 1 and ed > st
+    none = FeatureBank({k: replace(v, transitions=None) for k, v in bank.videos.items()}, bank.table)
+    m = evaluation_from_predictions(none, "test", queries, np.zeros((1, 4)) + 50.0, pred).metrics
+    assert m["queries_without_transitions"] == 4 and m["tiou"] is None and m["aiou_50"] is None
+
+
+def test_a_model_evaluates_queries_without_ground_truth(tmp_path: Path) -> None:
+    """HP-MCoRe with exemplars pooled with their ground truth (exemplar_gt_at_test): an exemplar without
+    it falls back to its decoded transitions; a query without it has no tIoU."""
+    bank = _bank(train=9, test=3)
+    videos = {
+        k: replace(v, transitions=None) if k in ("train/0", "test/1") else v for k, v in bank.videos.items()
+    }
+    partial = FeatureBank(videos, bank.table, bank.dims)
+    model = build_hpmcore(ModelConfig.tiny(exemplar_gt_at_test=True), seed=0)
+    ev = evaluate_model(model, partial, "test", _ecfg(exemplars=9, exemplar_mode="any"), seed=0)
+    assert all("train/0" in row["exemplars"] for row in ev.rows)  # every query votes with it
+    assert ev.metrics["queries_without_transitions"] == 1 and ev.metrics["tiou"] is not None
+    assert ev.rows[1]["tiou"] is None and ev.rows[0]["tiou"] is not None

@@ -543,7 +543,6 @@ TINY = {
     "synth": {"seed": 5, "num_dives": 6, "width": 64, "height": 64, "min_frames": 30, "max_frames": 40},
     "decode": {"num_frames": 32, "width": 32, "height": 32},
     "features": {"batch_size": 4},
-    "model": {"num_frames": 32},
     "train": TINY_TRAIN,
     "eval": TINY_EVAL,
 }

@@ -111,6 +111,30 @@ def test_pooling_uses_frame_and_clip_transitions() -> None:
         )
 
 
+def test_i3d_tokens_are_pooled_with_clip_indices_not_frame_indices() -> None:
+    """Transitions are frame numbers; the I3D clips are pooled at ``frame // clip_stride`` (spec §5.6).
+
+    T = 12 frames, clip stride 4 → 3 clips; clip j's features are all j. Transitions at frames (4, 8) are
+    clips (1, 2); with F = 2 tokens per stage the inclusive, overlapping slices of spec §6 are clips
+    [0, 1], [1, 2] and [e − 1, 2] = [1, 2]. Pooling the 3 clips with the frame numbers instead (clamped to
+    (2, 2)) would give [0, 2], [2, 2], [1, 2].
+    """
+    cfg = ModelConfig.tiny(use_skeleton=False, fix_size=2)
+    assert (cfg.num_frames, cfg.clip_stride) == (12, 4)
+    model = build_hpmcore(cfg, seed=0).train()
+    i3d = torch.arange(3.0)[None, :, None].expand(1, 3, cfg.i3d_dim).contiguous()  # (1, J=3, C)
+    v = VideoInputs(i3d=i3d, static=torch.randn(1, 12, cfg.static_dim), transitions=torch.tensor([[4, 8]]))
+    pooled = []
+    reducers = model.reducers["i3d"]
+    hooks = [r.register_forward_pre_hook(lambda m, args: pooled.append(args[0])) for r in reducers]
+    model.encode(v)
+    for h in hooks:
+        h.remove()
+    tokens = [p[0, :, 0].tolist() for p in pooled]  # per stage: (F,) values of channel 0
+    assert tokens == [[0.0, 1.0], [1.0, 2.0], [1.0, 2.0]]
+    assert all(torch.equal(p, p[..., :1].expand_as(p)) for p in pooled)  # every channel alike
+
+
 def test_cached_encodings_give_the_same_deltas_as_forward() -> None:
     """Spec §10.2: in eval mode encoding each video once and running only the pair heads is exact."""
     for exemplar_gt in (False, True):

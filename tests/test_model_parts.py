@@ -440,10 +440,13 @@ def test_stage_contrastive_loss_matches_direct_formula(tau: float) -> None:
 
 
 def test_dive_number_and_splash_losses() -> None:
-    logits, labels = torch.randn(4, 5), torch.tensor([0, 4, 2, 2])
-    torch.testing.assert_close(dive_number_loss(logits, labels), F.cross_entropy(logits, labels))
-    with pytest.raises(ValueError, match=r"\[0, 5\)"):
-        dive_number_loss(logits, torch.tensor([0, 5, 1, 1]))
+    # softmax([0, 0, ln 2]) = (1/4, 1/4, 1/2), label 2: −ln(1/2); softmax([ln 3, 0, 0]) = (3/5, 1/5, 1/5),
+    # label 0: −ln(3/5); the loss is their mean.
+    logits = torch.tensor([[0.0, 0.0, math.log(2.0)], [math.log(3.0), 0.0, 0.0]], dtype=torch.float64)
+    want = (math.log(2.0) + math.log(5.0 / 3.0)) / 2
+    assert float(dive_number_loss(logits, torch.tensor([2, 0]))) == pytest.approx(want, rel=1e-12)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        dive_number_loss(logits, torch.tensor([0, 3]))
     assert float(splash_loss(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 3.0]))) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="splash"):
         splash_loss(torch.zeros(2), torch.zeros(3))
@@ -478,7 +481,7 @@ def test_total_loss_combines_weighted_terms() -> None:
         + transition_loss(seg, gt)
         + 10 * stage_contrastive_loss(*fu)
         + 10 * stage_contrastive_loss(*st)
-        + 0.5 * F.cross_entropy(dn_logits, dn_labels)
+        + 0.5 * dive_number_loss(dn_logits, dn_labels)
     )
     torch.testing.assert_close(terms.total, expected)
     assert set(terms.scalars()) == {"total", "aqa", "tas", "contrastive_fu", "contrastive_st", "dive_number"}
@@ -487,3 +490,38 @@ def test_total_loss_combines_weighted_terms() -> None:
     torch.testing.assert_close(off.total, off.aqa)
     with pytest.raises(ValueError, match="splash"):
         total_loss(**kw, weights=LossWeights(splash=1.0))
+
+
+def test_tas_leaves_out_videos_without_ground_truth() -> None:
+    """A pair member whose ground truth is unknown (row (-1, -1)) adds nothing to L_tas; the term is the
+    loss of the known rows alone, and absent when no row is known."""
+    from dataclasses import replace
+
+    from hpmcore.models.hpmcore import ModelConfig, VideoInputs, build_hpmcore, pair_losses
+
+    cfg = ModelConfig.tiny(use_skeleton=False, contrastive_weight=0.0)
+    model = build_hpmcore(cfg, seed=0).train()
+    g = torch.Generator().manual_seed(0)
+
+    def videos(gt: list[list[int]]) -> VideoInputs:
+        n = len(gt)
+        return VideoInputs(
+            i3d=torch.randn(n, 3, cfg.i3d_dim, generator=g),
+            static=torch.randn(n, cfg.num_frames, cfg.static_dim, generator=g),
+            transitions=torch.tensor(gt),
+        )
+
+    q, e = videos([[2, 7], [-1, -1]]), videos([[-1, -1], [3, 9]])
+    out = model(q, e)
+    scores = torch.tensor([50.0, 60.0])
+    terms = pair_losses(out, score_q=scores, score_e=scores, weights=LossWeights.of(cfg))
+    known = torch.tensor([0, 3])  # rows: q0, q1, e0, e1
+    want = transition_loss(out.seg_logits[known], torch.tensor([[2, 7], [3, 9]]))
+    torch.testing.assert_close(terms.tas, want)
+    # Unknown rows are pooled with their decoded transitions, known ones with the ground truth.
+    assert torch.equal(out.transitions[known], torch.tensor([[2, 7], [3, 9]]))
+    assert torch.equal(out.transitions[[1, 2]], out.predicted[[1, 2]])
+    none = model(
+        replace(q, transitions=torch.full((2, 2), -1)), replace(e, transitions=torch.full((2, 2), -1))
+    )
+    assert pair_losses(none, score_q=scores, score_e=scores, weights=LossWeights.of(cfg)).tas is None

@@ -242,6 +242,7 @@ def test_comparison_table_from_one_command(project: Path) -> None:
         "w/o contrastive loss",
         "CoRe-style (I3D only)",
         "dive-number mean",
+        "DD only",
     ]
     test_count = sum(
         1

@@ -15,27 +15,16 @@ import torch
 from torch import nn
 
 import hpmcore.training.train as train_mod
+from hpmcore.config import EvalConfig
 from hpmcore.data.canonical import DatasetError
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
 from hpmcore.runtime import derive_seed
-from hpmcore.training.evaluate import (
-    EvalConfig,
-    FeatureBank,
-    FeatureBankError,
-    evaluate_model,
-    synthetic_feature_bank,
-)
-from hpmcore.training.train import (
-    BEST,
-    LAST,
-    TrainConfig,
-    build_optimizer,
-    draw_pairs,
-    load_checkpoint,
-    lr_factor,
-    train,
-)
+from hpmcore.training.bank import BankDims, FeatureBank, FeatureBankError, synthetic_feature_bank
+from hpmcore.training.checkpoints import BEST, LAST, load_weights, model_from_checkpoint, save_checkpoint
+from hpmcore.training.core_baseline import CoReConfig, build_core_baseline
+from hpmcore.training.evaluate import evaluate_model
+from hpmcore.training.train import TrainConfig, build_optimizer, draw_pairs, lr_factor, train
 
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
 
@@ -71,8 +60,6 @@ def test_lr_schedule_cyclic_reference_and_monotone_option() -> None:
 
 def test_optimizer_follows_the_schedule_epoch_by_epoch(tmp_path: Path) -> None:
     """The lr actually used per epoch (reported and in Adam's groups) is base·½(1+cos(πt/T_max))."""
-    from hpmcore.training.baselines import CoReConfig, build_core_baseline
-
     bank = _bank()
     model = build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))
     seen: list[tuple[float, float]] = []
@@ -156,10 +143,6 @@ def test_optimizer_uses_named_groups_and_the_static_trunk_factor() -> None:
 # Resume
 
 
-def _strip(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in history]
-
-
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
@@ -215,7 +198,9 @@ def test_resume_after_a_crash_mid_epoch_equals_an_uninterrupted_run(
     ):
         _assert_same_state(sa, sb)
     assert torch.equal(last_a["rng"]["torch"], last_b["rng"]["torch"])
-    assert _strip(res_a.history) == _strip(res_b.history)
+    assert res_a.history == res_b.history and "epoch_seconds" not in res_a.history[0]
+    # Checkpoints hold no timings: the same training state gives the same bytes (DVC hashes them).
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
     assert res_a.best_epoch == res_b.best_epoch and res_a.best_val == res_b.best_val
     _assert_same_state(straight.state_dict(), resumed.state_dict())  # both hold best.pt now
 
@@ -246,9 +231,9 @@ def test_model_selection_uses_validation_only_and_never_touches_test(tmp_path: P
     result = train(model, no_test, _cfg(epochs=4, lr=3e-3), seed=0, checkpoint_dir=tmp_path, progress=False)
     rhos = [h["val_rho"] for h in result.history]
     assert result.best_epoch == int(np.argmax([-math.inf if math.isnan(r) else r for r in rhos]))
-    best = load_checkpoint(tmp_path / BEST, build_hpmcore(cfg_m, seed=1))
-    assert best["epoch"] == result.best_epoch and best["val"]["rho"] == result.best_val["rho"]
-    assert best["val"]["split"] == "val"
+    best = load_weights(tmp_path / BEST, build_hpmcore(cfg_m, seed=1))
+    assert best.epoch == result.best_epoch and best.val["rho"] == result.best_val["rho"]
+    assert best.val["split"] == "val"
     # The returned model holds the best weights; its val metrics are the selected ones.
     ev = evaluate_model(model, no_test, "val", _cfg().val_eval_config(), seed=0)
     assert ev.metrics["rho"] == result.best_val["rho"]
@@ -257,8 +242,6 @@ def test_model_selection_uses_validation_only_and_never_touches_test(tmp_path: P
 
 
 def test_without_validation_split_the_last_epoch_is_kept(tmp_path: Path) -> None:
-    from hpmcore.training.baselines import CoReConfig, build_core_baseline
-
     result = train(
         build_core_baseline(CoReConfig(i3d_dim=16, hidden=8)),
         _bank(val=0),
@@ -317,8 +300,6 @@ def test_val_dive_number_without_train_exemplar_names_the_query(tmp_path: Path) 
 
 
 def test_checkpoint_from_another_config_is_refused_untouched(tmp_path: Path) -> None:
-    from hpmcore.training.baselines import CoReConfig, build_core_baseline
-
     bank = _bank()
     core = CoReConfig(i3d_dim=16, hidden=8)
     train(build_core_baseline(core), bank, _cfg(epochs=1), seed=0, checkpoint_dir=tmp_path, progress=False)
@@ -347,13 +328,13 @@ def test_checkpoint_from_another_config_is_refused_untouched(tmp_path: Path) -> 
             build_core_baseline(core), bank, _cfg(epochs=1), seed=1, checkpoint_dir=tmp_path, progress=False
         )
     with pytest.raises(CheckpointError, match=rf"{BEST}.*another model configuration.*hidden"):
-        load_checkpoint(tmp_path / BEST, build_core_baseline(replace(core, hidden=4)))
+        load_weights(tmp_path / BEST, build_core_baseline(replace(core, hidden=4)))
     with pytest.raises(CheckpointError, match=r"another model configuration.*kind"):
-        load_checkpoint(tmp_path / BEST, build_hpmcore(ModelConfig.tiny()))
+        load_weights(tmp_path / BEST, build_hpmcore(ModelConfig.tiny()))
     assert _files(tmp_path) == before
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=r"junk\.pt.*unreadable"):
-        load_checkpoint(tmp_path / "junk.pt", build_core_baseline(core))
+        load_weights(tmp_path / "junk.pt", build_core_baseline(core))
 
 
 def test_checkpoint_holds_the_full_training_state(tmp_path: Path) -> None:
@@ -374,8 +355,8 @@ def test_checkpoint_holds_the_full_training_state(tmp_path: Path) -> None:
         "best_epoch",
         "best_val_rho",
         "config",
-        "train_seconds",
     } <= set(state)
+    assert "train_seconds" not in state and "epoch_seconds" not in state["history"][0]  # no timings
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert [g["name"] for g in state["optimizer"]["param_groups"]] == list(model.parameter_groups())
     assert state["config"]["train"]["lr"] == 1e-3 and "device" not in state["config"]["train"]
@@ -396,132 +377,11 @@ def test_train_config_validation() -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The feature bank from the stages' outputs
-
-
-def _pipeline_outputs(tmp_path: Path, ids: list[str]) -> tuple:
-    """A canonical table, a decode manifest, a features folder and a skeleton table for ``ids``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from hpmcore.data.canonical import annotation_table
-    from hpmcore.data.finediving import linspace_indices
-    from hpmcore.extraction.cache import Entry, save_entry
-    from hpmcore.extraction.decode import DECODE_MANIFEST_SCHEMA
-    from hpmcore.extraction.features import FEATURES_MANIFEST_SCHEMA
-    from hpmcore.extraction.pose.table import DiveSkeleton, skeleton_table
-
-    t, start, n = 12, 5, 20
-    labels = [0] * 6 + [1] * 8 + [2] * 6  # steps change at dive frames 6 and 14
-    indices = (linspace_indices(start, start + n - 1, t) + start).tolist()
-    dives, decode, features, poses = [], [], [], []
-    g = torch.Generator().manual_seed(0)
-    for k, vid in enumerate(ids):
-        dives.append(
-            dict(
-                id=vid,
-                video_name=vid.split("/")[0],
-                dive_index=int(vid.split("/")[1]),
-                video_path="v.mp4",
-                start_frame=start,
-                end_frame=start + n - 1,
-                num_frames=n,
-                dive_number="101a",
-                difficulty=2.0,
-                judge_scores=[],
-                final_score=50.0 + k,
-                transitions=[5, 13],
-                frame_labels=labels,
-                split=("train", "val", "test")[k % 3],
-            )
-        )
-        decode.append(
-            dict(
-                id=vid,
-                source_path="v.mp4",
-                source_hash="sha256:0",
-                start_frame=start,
-                end_frame=start + n - 1,
-                source_num_frames=40,
-                fps=25.0,
-                indices=indices,
-                num_frames=t,
-                height=32,
-                width=32,
-                key=f"dk{k}",
-                path=f"cache/dk{k}.safetensors.zst",
-            )
-        )
-        i3d, static = torch.randn(3, 16, generator=g), torch.randn(t, 12, generator=g)
-        save_entry(
-            Entry({"i3d": i3d, "static": static, "clip_starts": torch.arange(3)}, {"key": f"fk{k}"}),
-            tmp_path / "features" / "cache" / f"fk{k}.safetensors",
-        )
-        features.append(
-            dict(
-                id=vid,
-                source_path="v.mp4",
-                decode_key=f"dk{k}",
-                num_frames=t,
-                num_clips=3,
-                i3d_encoder="i3d",
-                i3d_weights=None,
-                i3d_weights_sha256="random-init",
-                static_encoder="regnet",
-                static_weights=None,
-                static_weights_sha256="random-init",
-                device="cpu",
-                precision="fp32",
-                params="{}",
-                key=f"fk{k}",
-                path=f"cache/fk{k}.safetensors",
-            )
-        )
-        xy = torch.rand(t, 16, 2, generator=g).numpy() * np.array([64, 48], dtype=np.float32)
-        poses.append(DiveSkeleton(vid, np.array(indices), xy, np.ones((t, 16), np.float32), 64, 48))
-    pq.write_table(
-        pa.Table.from_pylist(features, schema=FEATURES_MANIFEST_SCHEMA),
-        tmp_path / "features" / "manifest.parquet",
-    )
-    skel = skeleton_table(poses, {"normalize": "frame", "num_frames": t})
-    return annotation_table(dives), pa.Table.from_pylist(decode, schema=DECODE_MANIFEST_SCHEMA), skel
-
-
-def test_load_feature_bank_from_stage_outputs(tmp_path: Path) -> None:
-    from hpmcore.extraction.pose.table import dive_skeletons
-    from hpmcore.training.train import load_feature_bank
-
-    ids = ["a/0", "a/1", "a/2"]
-    dives, decode, skel = _pipeline_outputs(tmp_path, ids)
-    bank = load_feature_bank(dives, tmp_path / "features", decode_manifest=decode, skeletons=skel)
-    assert sorted(bank.videos) == ids and bank.split_ids("test") == ["a/2"]
-    v = bank.get("a/1")
-    assert v.i3d.shape == (3, 16) and v.static.shape == (12, 12) and v.skeleton.shape == (2, 12, 16, 1)
-    # Sampled dive frames 0,1,3,5,6,8,10,12,13,15,17,19: stage 2 starts at sample 4, stage 3 at sample 9.
-    assert v.transitions.tolist() == [4, 9]
-    xy = dive_skeletons(skel)["a/1"].xy
-    torch.testing.assert_close(
-        v.skeleton[0, :, :, 0], torch.from_numpy((xy[..., 0] - 32) / 32)
-    )  # "frame" norm
-    torch.testing.assert_close(v.skeleton[1, :, :, 0], torch.from_numpy((xy[..., 1] - 24) / 32))
-    assert (v.score, v.difficulty, v.dive_number) == (51.0, 2.0, "101a")
-
-    # A dive of the table without features: an error naming it and the manifest, or dropped on request.
-    extra, _, _ = _pipeline_outputs(tmp_path / "more", [*ids, "b/0"])
-    with pytest.raises(FeatureBankError, match=r"manifest.parquet: no features for dive 'b/0'"):
-        load_feature_bank(extra, tmp_path / "features", decode_manifest=decode, skeletons=skel)
-    dropped = load_feature_bank(extra, tmp_path / "features", decode_manifest=decode, drop_missing=True)
-    assert dropped.table.num_rows == 3 and dropped.get("a/0").skeleton is None
-    # Features computed from another decode than the manifest says: refused, naming the dive.
-    other = decode.set_column(decode.schema.get_field_index("key"), "key", [["dk0", "dkX", "dk2"]])
-    with pytest.raises(FeatureBankError, match=r"dive 'a/1'.*another decode"):
-        load_feature_bank(dives, tmp_path / "features", decode_manifest=other)
+# Targets and ground truth
 
 
 def test_dd_mode_regresses_completeness() -> None:
     """DD mode (spec §10.3): training targets are score / DD; a DD <= 0 is refused, naming the video."""
-    from hpmcore.training.baselines import CoReConfig, build_core_baseline
-
     bank = _bank()
     model = build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))
     videos = [bank.get(i) for i in bank.split_ids("train")]
@@ -535,29 +395,132 @@ def test_dd_mode_regresses_completeness() -> None:
         train_mod._train_data(model, zero, _cfg(dd_mode=True), torch.device("cpu"))
 
 
-def test_pipeline_bank_reads_files_and_splash_targets(tmp_path: Path) -> None:
-    """The stages' bank: files by path (a missing one named), splash sizes from the synthetic latents."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def test_train_dives_without_transitions_pool_with_decoded_ones(tmp_path: Path) -> None:
+    """A train dive without ground truth is pooled with its decoded transitions (others with their ground
+    truth) and trains; with no ground truth at all a segmenter cannot learn: an error, nothing written."""
+    bank = _bank(train=6, val=3, test=0)
+    unknown = {"train/1", "train/4"}
+    videos = {k: replace(v, transitions=None) if k in unknown else v for k, v in bank.videos.items()}
+    partial = FeatureBank(videos, bank.table, bank.dims)
+    model = build_hpmcore(ModelConfig.tiny(use_skeleton=False), seed=0)
+    data = train_mod._train_data(
+        model, [partial.get(i) for i in partial.split_ids("train")], _cfg(), torch.device("cpu")
+    )
+    rows = torch.tensor([data.index[i] for i in partial.split_ids("train")])
+    gt = data.inputs.transitions
+    assert [bool((gt[r] == -1).all()) for r in rows] == [i in unknown for i in partial.split_ids("train")]
+    out = model.train()(data.select(rows), data.select(rows))
+    for n, vid in enumerate(partial.split_ids("train")):
+        want = out.query.predicted[n] if vid in unknown else gt[rows[n]]
+        assert torch.equal(out.query.transitions[n], want), vid
+    result = train(model, partial, _cfg(epochs=2), seed=0, checkpoint_dir=tmp_path / "ok", progress=False)
+    assert math.isfinite(result.history[-1]["loss_tas"])
 
-    from hpmcore.extraction.cache import ManifestError
-    from hpmcore.training.runs import pipeline_bank
+    none = FeatureBank({k: replace(v, transitions=None) for k, v in bank.videos.items()}, bank.table)
+    with pytest.raises(DatasetError, match="no train dive has ground-truth transitions"):
+        train(
+            build_hpmcore(ModelConfig.tiny(use_skeleton=False)),
+            none,
+            _cfg(),
+            seed=0,
+            checkpoint_dir=tmp_path / "x",
+            progress=False,
+        )
+    assert not (tmp_path / "x").exists()
+    # Without a segmenter ground truth is never needed.
+    train(
+        build_hpmcore(ModelConfig.tiny(use_skeleton=False, use_segmentation=False)),
+        none,
+        _cfg(epochs=1),
+        seed=0,
+        checkpoint_dir=tmp_path / "thirds",
+        progress=False,
+    )
 
-    ids = ["a/0", "a/1", "a/2"]
-    dives, decode, skel = _pipeline_outputs(tmp_path, ids)
-    pq.write_table(dives, tmp_path / "dives.parquet")
-    (tmp_path / "decoded").mkdir()
-    pq.write_table(decode, tmp_path / "decoded" / "manifest.parquet")
-    (tmp_path / "pose").mkdir()
-    pq.write_table(skel, tmp_path / "pose" / "skeletons.parquet")
-    args = (tmp_path / "dives.parquet", tmp_path / "decoded", tmp_path / "features", tmp_path / "pose")
-    root = tmp_path / "root"
-    root.mkdir()
-    bank = pipeline_bank(*args, data_root=root)  # no latents: no splash targets
-    assert all(v.splash is None for v in bank.videos.values())
-    pq.write_table(pa.table({"id": ["a/0", "a/1"], "splash": [0.25, 0.75]}), root / "latents.parquet")
-    bank = pipeline_bank(*args, data_root=root)
-    assert [bank.get(i).splash for i in ids] == [0.25, 0.75, None]
-    assert bank.get("a/1").skeleton is not None
-    with pytest.raises(ManifestError, match=r"decoded/manifest.parquet"):
-        pipeline_bank(args[0], tmp_path / "nowhere" / "decoded", args[2], args[3])
+
+# ---------------------------------------------------------------------------------------------------------
+# Checkpoints: refused with the file named, rebuilt from the file alone
+
+
+def test_bad_checkpoints_are_refused_naming_the_file(tmp_path: Path) -> None:
+    bank = _bank()
+    core = CoReConfig(i3d_dim=16, hidden=8)
+    train(build_core_baseline(core), bank, _cfg(epochs=1), seed=0, checkpoint_dir=tmp_path, progress=False)
+    best = torch.load(tmp_path / BEST, weights_only=True)
+    last = torch.load(tmp_path / LAST, weights_only=True)
+
+    nan = {
+        **best,
+        "model": {**best["model"], "regressor.0.weight": best["model"]["regressor.0.weight"] * math.nan},
+    }
+    save_checkpoint(nan, tmp_path / "nan.pt")
+    with pytest.raises(
+        CheckpointError, match=r"nan\.pt: non-finite \(NaN/inf\) weights.*regressor\.0\.weight"
+    ):
+        load_weights(tmp_path / "nan.pt", build_core_baseline(core))
+    with pytest.raises(CheckpointError, match=r"nan\.pt: non-finite"):
+        model_from_checkpoint(tmp_path / "nan.pt")
+
+    save_checkpoint({k: v for k, v in best.items() if k != "config"}, tmp_path / "noconfig.pt")
+    with pytest.raises(CheckpointError, match=r"noconfig\.pt: missing key\(s\) \['config'\]"):
+        model_from_checkpoint(tmp_path / "noconfig.pt")
+    save_checkpoint({**best, "config": {"model": best["config"]["model"]}}, tmp_path / "thin.pt")
+    with pytest.raises(CheckpointError, match=r"thin\.pt: 'config' must hold the run fingerprint"):
+        model_from_checkpoint(tmp_path / "thin.pt")
+    save_checkpoint(
+        {**best, "model": {k: v for k, v in best["model"].items() if "regressor.6" not in k}},
+        tmp_path / "keys.pt",
+    )
+    with pytest.raises(CheckpointError, match=r"keys\.pt: weights do not fit the model.*regressor\.6"):
+        model_from_checkpoint(tmp_path / "keys.pt")
+
+    # A resume restores the RNG states: a malformed one is refused before anything is written.
+    before = _files(tmp_path)
+    for name, rng in (
+        ("python", {**last["rng"], "python": [3, [1, 2, 3], None]}),
+        (
+            "numpy",
+            {**last["rng"], "numpy": {**last["rng"]["numpy"], "keys": torch.zeros(5, dtype=torch.int64)}},
+        ),
+        ("torch", {**last["rng"], "torch": torch.zeros(3, dtype=torch.uint8)}),
+    ):
+        save_checkpoint({**last, "rng": rng}, tmp_path / LAST)
+        with pytest.raises(CheckpointError, match=rf"{LAST}: bad RNG state"):
+            train(
+                build_core_baseline(core),
+                bank,
+                _cfg(epochs=1),
+                seed=0,
+                checkpoint_dir=tmp_path,
+                progress=False,
+            )
+        assert _files(tmp_path)[BEST] == before[BEST], name
+    save_checkpoint({k: v for k, v in last.items() if k != "optimizer"}, tmp_path / LAST)
+    with pytest.raises(CheckpointError, match=rf"{LAST}: missing key\(s\) \['optimizer'\]"):
+        train(
+            build_core_baseline(core), bank, _cfg(epochs=1), seed=0, checkpoint_dir=tmp_path, progress=False
+        )
+
+
+def test_model_from_checkpoint_rebuilds_the_trained_model(tmp_path: Path) -> None:
+    """Evaluation needs no trainer and no params: kind, config and weights come from the file."""
+    bank = _bank()
+    for name, model in (
+        ("core", build_core_baseline(CoReConfig(i3d_dim=16, hidden=8))),
+        ("hpmcore", build_hpmcore(ModelConfig.tiny(dim=16), seed=3)),
+    ):
+        train(model, bank, _cfg(epochs=1), seed=0, checkpoint_dir=tmp_path / name, progress=False)
+        rebuilt, info = model_from_checkpoint(tmp_path / name / BEST)
+        assert type(rebuilt) is type(model) and rebuilt.config == model.config
+        assert info.kind == type(model).__name__ and info.epoch == 0 and info.dd_mode is False
+        a = evaluate_model(model, bank, "test", EvalConfig(exemplars=3, device="cpu"), seed=1)
+        b = evaluate_model(rebuilt, bank, "test", EvalConfig(exemplars=3, device="cpu"), seed=1)
+        assert a.metrics == b.metrics
+
+
+def test_bank_dims_fill_the_model_config() -> None:
+    dims = BankDims(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3, clip_stride=4)
+    cfg = dims.fill(ModelConfig())
+    assert (cfg.i3d_dim, cfg.static_dim, cfg.num_frames, cfg.clip_stride) == (16, 12, 12, 4)
+    assert cfg.dim == ModelConfig().dim  # architecture params untouched
+    assert dims.fill(CoReConfig(hidden=7)) == CoReConfig(i3d_dim=16, hidden=7)

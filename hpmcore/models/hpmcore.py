@@ -43,6 +43,7 @@ from hpmcore.models.pooling import seg_pool_1d
 from hpmcore.models.regressor import StageWeights, build_score_mlp, combine_deltas
 from hpmcore.models.segmentation import build_spot_model, decode_transitions, fixed_thirds, to_clip_index
 from hpmcore.training.losses import LossTerms, LossWeights, total_loss
+from hpmcore.training.protocol import InputSpec, PairTargets, Role
 
 NUM_STAGES = 3
 POSE_CHANNELS = 2
@@ -59,7 +60,8 @@ class VideoInputs:
     skeleton: torch.Tensor | None = None
     """``(N, 2, T, 16, 1)`` poses (needed with ``use_skeleton``)."""
     transitions: torch.Tensor | None = None
-    """``(N, 2)`` int ground truth ``(st, ed)`` in frames (needed to pool with GT or to train ``L_tas``)."""
+    """``(N, 2)`` int ground truth ``(st, ed)`` in frames (needed to pool with GT or to train ``L_tas``);
+    a row ``(-1, -1)`` marks a video whose ground truth is unknown."""
 
     def __len__(self) -> int:
         return self.i3d.shape[0]
@@ -275,7 +277,8 @@ class HPMCoRe(nn.Module):
             videos: cached features of N videos.
             use_gt: pool with ``videos.transitions`` (the ground truth) instead of the decoded transitions;
                 a bool for all videos or a bool ``(N,)`` per video. ``None``: the ground truth in training
-                mode, decoded in eval mode (spec §5.5). Ignored without a segmenter (fixed thirds).
+                mode, decoded in eval mode (spec §5.5). Ignored without a segmenter (fixed thirds). A video
+                whose ground-truth row is ``(-1, -1)`` (unknown) is pooled with its decoded transitions.
 
         Returns:
             :class:`VideoEncoding` with ``fused``/``static`` tokens ``(N, 3F, D)``.
@@ -302,10 +305,11 @@ class HPMCoRe(nn.Module):
                 predicted = decode_transitions(seg_logits.detach(), cfg.decode)  # (N, 2)
             use = torch.as_tensor(self.training if use_gt is None else use_gt, device=device).expand(n)
             if bool(use.any()):
-                if gt is None or bool((use[:, None] & (gt < 0)).any()):
+                if gt is None:
                     raise ValueError(
                         "ground-truth transitions are needed for pooling (training or GT exemplars)"
                     )
+                use = use & (gt >= 0).all(dim=1)  # unknown ground truth: the decoded transitions
                 transitions = torch.where(use[:, None], gt, predicted)
             else:
                 transitions = predicted
@@ -414,6 +418,35 @@ class HPMCoRe(nn.Module):
             enc_e = replace(enc_e, gt=None)
         return self.forward_pair(enc_q, enc_e)
 
+    def input_spec(self, role: Role) -> InputSpec:
+        """What a video needs in ``role`` (:class:`~hpmcore.training.protocol.InputSpec`): static features
+        with the static branch or the segmenter, the pose with the skeleton, ground truth (where known)
+        for training with the segmenter and for exemplars with ``exemplar_gt_at_test``, splash sizes and
+        dive-number labels for training with those losses."""
+        cfg = self.config
+        needs_static = cfg.use_static or cfg.use_segmentation
+        gt = cfg.use_segmentation and (role == "train" or (role == "exemplar" and cfg.exemplar_gt_at_test))
+        return InputSpec(
+            i3d_dim=cfg.i3d_dim,
+            static_shape=(cfg.num_frames, cfg.static_dim) if needs_static else None,
+            skeleton_frames=cfg.num_frames if cfg.use_skeleton else None,
+            transitions=gt,
+            splash=role == "train" and cfg.splash_weight > 0,
+            dive_number_classes=cfg.dn_classes if role == "train" and cfg.use_skeleton else None,
+            dive_number_required=role == "train" and cfg.use_skeleton and cfg.dive_number_weight > 0,
+        )
+
+    def pair_loss(self, out: PairOutput, targets: PairTargets) -> LossTerms:
+        """The total loss of spec §8 (:func:`pair_losses` with this config's weights)."""
+        return pair_losses(
+            out,
+            score_q=targets.score_q,
+            score_e=targets.score_e,
+            weights=LossWeights.of(self.config),
+            dn_labels=targets.dive_number,
+            splash_target=targets.splash,
+        )
+
     def fit_input_norm(self, videos: VideoInputs) -> None:
         """Set the input standardisation from the training videos (no-op without ``input_norm``).
 
@@ -454,19 +487,22 @@ def pair_losses(
         dn_labels: ``(2B,)`` dive-number class ids (queries, then exemplars), optional.
         splash_target: ``(2B,)`` splash sizes, needed when ``weights.splash > 0``.
 
-    ``L_tas`` uses the inputs' ground-truth transitions (``VideoEncoding.gt``) and is skipped when they
-    are absent or there is no segmenter.
+    ``L_tas`` uses the inputs' ground-truth transitions (``VideoEncoding.gt``) of the videos whose ground
+    truth is known (rows ``(-1, -1)`` are left out) and is skipped when none is, or without a segmenter.
     """
-    gt = None
-    if out.query.gt is not None and out.exemplar.gt is not None:
-        gt = torch.cat([out.query.gt, out.exemplar.gt])
+    gt, seg_logits = None, out.seg_logits if weights.tas > 0 else None
+    if out.query.gt is not None and out.exemplar.gt is not None and seg_logits is not None:
+        gt = torch.cat([out.query.gt, out.exemplar.gt])  # (2B, 2)
+        known = (gt >= 0).all(dim=1)
+        if not bool(known.all()):
+            gt, seg_logits = (gt[known], seg_logits[known]) if bool(known.any()) else (None, None)
     return total_loss(
         delta_qe=out.delta_qe,
         delta_eq=out.delta_eq,
         score_q=score_q,
         score_e=score_e,
         weights=weights,
-        seg_logits=out.seg_logits if weights.tas > 0 else None,
+        seg_logits=seg_logits,
         gt_transitions=gt,
         fused=out.fused_tokens,
         static=out.static_tokens,

@@ -1,13 +1,26 @@
 """Training and evaluation of pair models on cached features: one module per concept and pipeline step.
 
-- :mod:`hpmcore.training.losses`: the losses of spec §8 (score, transitions, stage contrast, dive
+- :mod:`~hpmcore.training.protocol`: :class:`PairModel`, the contract between a model and the runtime
+  (what it needs per video, per-video encoding, pair heads, its own loss, named parameter groups).
+- :mod:`~hpmcore.training.bank`: the feature bank — features, poses and labels of the dives, the
+  feature sizes read from the features manifest, the dives left out after ``on_error: skip``.
+- :mod:`~hpmcore.training.losses`: the losses of spec §8 (score, transitions, stage contrast, dive
   number, splash).
-- :mod:`hpmcore.training.metrics`: Spearman ρ, (relative) L2, tIoU and AIoU (spec §11).
-- :mod:`hpmcore.training.train`: pairing, the lr schedule and the training loop with exact resume.
-- :mod:`hpmcore.training.evaluate`: the feature bank, seeded voters and the metrics of one model.
-- :mod:`hpmcore.training.baselines`: baselines and the comparison table.
-- :mod:`hpmcore.training.runs`: train / evaluate / compare on the pipeline's folders (what the stages
-  call).
+- :mod:`~hpmcore.training.metrics`: Spearman ρ, (relative) L2, tIoU and AIoU (spec §11).
+- :mod:`~hpmcore.training.checkpoints`: ``last.pt`` / ``best.pt`` — written byte-identically for the
+  same state, read with checks, a model rebuilt from one.
+- :mod:`~hpmcore.training.train`: pairing, the lr schedule and the training loop with exact resume and
+  validation-only selection.
+- :mod:`~hpmcore.training.evaluate`: seeded voters, per-video cached encodings, metrics; one checkpoint
+  on one split of the current data (:func:`~hpmcore.training.evaluate.evaluate_checkpoint`).
+- :mod:`~hpmcore.training.core_baseline`: the CoRe-style pair regressor, baseline (b).
+- :mod:`~hpmcore.training.baselines`: predictors from the annotation table alone (DD only, dive-number
+  mean).
+- :mod:`~hpmcore.training.compare`: HP-MCoRe, its ablations and the baselines, trained and evaluated
+  alike (the comparison table).
+- :mod:`~hpmcore.training.runs`: training and comparison runs from ``params.yaml`` on the pipeline's
+  folders (what the ``train`` and ``compare`` stages call).
 
-Nothing is imported here, so that :mod:`hpmcore.models` may import the leaf modules without a cycle.
+Nothing is imported here, so that :mod:`hpmcore.models` may import the leaf modules (``protocol``,
+``losses``) without a cycle.
 """

@@ -1,312 +1,76 @@
-"""The in-memory feature bank and the honest evaluation of pair models (spec §10, §11).
+"""The honest evaluation of a pair model on a split of the feature bank (spec §10, §11).
 
-**Feature bank.** :class:`VideoFeatures` holds the cached tensors of one dive (I3D clips, static
-per-frame features, pose, ground-truth transitions) with its labels; :class:`FeatureBank` maps ids to
-them and carries the canonical annotation table (``id``, ``split``, ``dive_number``, ``difficulty``,
-``final_score``), which is the only source of splits. A bank may hold fewer videos than its table
-lists (e.g. no test features while training): a video is only looked up when it is used, and a
-missing one is an error naming it (:meth:`FeatureBank.require`, which also rejects NaN/inf and wrong
-shapes, naming the video).
-
-**Evaluation** (:func:`evaluate_model`), for every query of a split:
+:func:`evaluate_model`, for every query of a split:
 
 1. ``k`` distinct exemplars from the **train** pool (:func:`hpmcore.data.splits.select_exemplars`,
    seeded per query, so the draw does not depend on processing order), for each of
-   ``num_voter_draws`` voter seeds (:func:`voter_seed`); no padding with duplicates (§13 item 14);
+   ``num_voter_draws`` voter seeds (:func:`voter_seed`: the stream ``("voters", d)`` of the one seed);
+   no padding with duplicates (§13 item 14) — :func:`plan_evaluation`, which also checks every needed
+   video against what the model needs (:meth:`~hpmcore.training.protocol.PairModel.input_spec`);
 2. every query and every exemplar is encoded **once** (``model.encode``, eval mode: decoded
-   transitions, or the exemplars' ground truth with ``exemplar_gt_at_test``), and only the pair heads
-   (``model.forward_pair``) run per (query, exemplar) pair, each distinct pair once across draws
-   (§10.2);
-3. ``ŝ_q = mean_e (Δ^{qe} + s_e)``, or in DD mode ``DD_q · mean_e (Δ^{qe} + s_e / DD_e)`` (§10.3);
+   transitions, or the exemplars' ground truth where known with ``exemplar_gt_at_test``), and only the
+   pair heads (``model.forward_pair``) run per (query, exemplar) pair, each distinct pair once across
+   draws (§10.2);
+3. ``ŝ_q = mean_e (Δ^{qe} + s_e)``, or in DD mode ``DD_q · mean_e (Δ^{qe} + s_e / DD_e)`` (§10.3) — DD
+   mode is what the model was trained in (its checkpoint records it);
 4. ρ, L2, relative L2 (raw and ×100) per draw, then mean ± sample std over draws; tIoU and
-   AIoU@0.5/0.75 of the queries' decoded transitions against their ground truth (per-query
-   convention (a), §11.2; identical across draws, so computed once).
+   AIoU@0.5/0.75 of the queries' decoded transitions against their ground truth (per-query convention
+   (a), §11.2; identical across draws, so computed once), over the queries that have ground truth
+   (``queries_without_transitions`` counts the others).
 
-Any model with ``encode(VideoInputs, use_gt=...)`` (returning an encoding with ``select``/``cat``/
-``len`` and optionally ``predicted`` transitions) and ``forward_pair(q, e)`` (returning ``delta_qe``)
-can be evaluated: :class:`~hpmcore.models.hpmcore.HPMCoRe` and the baselines of
-:mod:`hpmcore.training.baselines`. Models other than HP-MCoRe say which inputs they need with an
-``input_spec(role)`` method (see :func:`input_spec`).
+Any :class:`~hpmcore.training.protocol.PairModel` can be evaluated: HP-MCoRe and the CoRe-style
+baseline. Same weights, bank, config and seed → identical metrics (no random state is used).
+
+:func:`evaluate_checkpoint` does all of it for **one checkpoint on one split of the current data**: the
+model is rebuilt from the checkpoint alone (:func:`~hpmcore.training.checkpoints.model_from_checkpoint`;
+the trainer is not involved) and votes in the DD mode it was trained in. The evaluate stage calls it on
+``best.pt`` and the test split; choosing between two models calls it on the validation split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from torch import nn
 from tqdm import tqdm
 
-from hpmcore.config import EvalConfig
+from hpmcore.config import EvalConfig, ModelConfig
 from hpmcore.data.canonical import DatasetError
-from hpmcore.data.splits import ExemplarPool, select_exemplars
-from hpmcore.models.hdgcn import NUM_JOINTS
-from hpmcore.models.hpmcore import POSE_CHANNELS, HPMCoRe, VideoInputs
+from hpmcore.data.splits import select_exemplars
+from hpmcore.models.hpmcore import HPMCoRe
 from hpmcore.runtime import derive_seed, resolve_device
+from hpmcore.training.bank import FeatureBank, VideoFeatures, stack_videos
+from hpmcore.training.checkpoints import (
+    CheckpointError,
+    CheckpointInfo,
+    compare_fingerprints,
+    model_from_checkpoint,
+)
 from hpmcore.training.metrics import score_metrics, segmentation_metrics, tiou
+from hpmcore.training.protocol import Encoding, InputSpec, PairModel
 
 __all__ = [
-    "BANK_COLUMNS",
     "EvalConfig",
     "EvalPlan",
+    "EvalReport",
     "Evaluation",
-    "FeatureBank",
-    "FeatureBankError",
-    "InputSpec",
-    "VideoFeatures",
+    "evaluate_checkpoint",
     "evaluate_model",
     "evaluation_from_predictions",
-    "input_spec",
     "json_safe",
     "plan_evaluation",
-    "stack_videos",
-    "synthetic_feature_bank",
     "voter_seed",
 ]
 
 log = logging.getLogger(__name__)
-
-BANK_COLUMNS = ("id", "split", "dive_number", "difficulty", "final_score")
-"""Columns of the canonical annotation table a :class:`FeatureBank` needs."""
-
-Role = Literal["train", "query", "exemplar"]
-
-
-class FeatureBankError(DatasetError):
-    """A video is missing from the feature bank or its tensors are unusable; the message names it."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Configuration
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The feature bank
-
-
-@dataclass(frozen=True)
-class VideoFeatures:
-    """Cached features and labels of one dive (tensors on the CPU)."""
-
-    id: str
-    i3d: torch.Tensor
-    """float32 ``(J, C_i3d)`` I3D clip features (J = 9, C = 1024 for 96 frames)."""
-    static: torch.Tensor | None
-    """float32 ``(T, C_static)`` per-frame static features (T = 96, C = 368), or ``None``."""
-    skeleton: torch.Tensor | None
-    """float32 ``(2, T, 16, 1)`` pose (x, y channels), or ``None``."""
-    transitions: torch.Tensor | None
-    """int64 ``(2,)`` ground truth ``(st, ed)``, first frames of stages 2 and 3 (§5.2), or ``None``."""
-    score: float
-    """Final score."""
-    difficulty: float
-    """Degree of difficulty (DD)."""
-    dive_number: str
-    """FINA dive number (``"407c"``)."""
-    splash: float | None = None
-    """Entry-stage splash size (for the splash-aware auxiliary loss), when known."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model needs of each video in a given role (checked by :meth:`FeatureBank.require`)."""
-
-    i3d_dim: int
-    """Width of the I3D features."""
-    static_shape: tuple[int, int] | None = None
-    """``(T, C_static)`` when static features are needed."""
-    skeleton_frames: int | None = None
-    """T when the pose is needed (shape ``(2, T, 16, 1)``)."""
-    transitions: bool = False
-    """Ground-truth transitions are needed."""
-    splash: bool = False
-    """A splash size is needed."""
-
-
-def input_spec(model: nn.Module, role: Role) -> InputSpec:
-    """The inputs ``model`` needs for videos in ``role`` (training pair, evaluated query, exemplar).
-
-    HP-MCoRe: static features with the static branch or the segmenter, the pose with the skeleton,
-    ground truth for training with the segmenter (GT pooling, ``L_tas``) and for exemplars with
-    ``exemplar_gt_at_test``, splash sizes when the splash loss is on. Other models answer through their
-    own ``input_spec(role)`` method.
-    """
-    if not isinstance(model, HPMCoRe):
-        spec = getattr(model, "input_spec", None)
-        if spec is None:
-            raise TypeError(f"{type(model).__name__} has no input_spec(role) method")
-        return spec(role)
-    cfg = model.config
-    needs_static = cfg.use_static or cfg.use_segmentation
-    gt = cfg.use_segmentation and (role == "train" or (role == "exemplar" and cfg.exemplar_gt_at_test))
-    return InputSpec(
-        i3d_dim=cfg.i3d_dim,
-        static_shape=(cfg.num_frames, cfg.static_dim) if needs_static else None,
-        skeleton_frames=cfg.num_frames if cfg.use_skeleton else None,
-        transitions=gt,
-        splash=role == "train" and cfg.splash_weight > 0,
-    )
-
-
-def _check_video(v: VideoFeatures, spec: InputSpec) -> None:
-    """Raise :class:`FeatureBankError` naming the video for a missing, mis-shaped or non-finite tensor."""
-    tensors: dict[str, tuple[torch.Tensor | None, tuple[int, ...] | None]] = {
-        "i3d": (v.i3d, None),
-        "static": (v.static, spec.static_shape),
-        "skeleton": (
-            v.skeleton,
-            None if spec.skeleton_frames is None else (POSE_CHANNELS, spec.skeleton_frames, NUM_JOINTS, 1),
-        ),
-    }
-    if v.i3d.dim() != 2 or v.i3d.shape[1] != spec.i3d_dim or v.i3d.shape[0] < 2:
-        raise FeatureBankError(
-            f"video {v.id!r}: i3d features must be (J >= 2, {spec.i3d_dim}), got {tuple(v.i3d.shape)}"
-        )
-    for name, (t, shape) in tensors.items():
-        if t is None:
-            if shape is not None:
-                raise FeatureBankError(f"video {v.id!r}: {name} features are needed but missing")
-            continue
-        if shape is not None and tuple(t.shape) != shape:
-            raise FeatureBankError(f"video {v.id!r}: {name} must have shape {shape}, got {tuple(t.shape)}")
-        if (shape is not None or name == "i3d") and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise FeatureBankError(f"video {v.id!r}: {name} features contain {bad} NaN/inf values")
-    if spec.transitions:
-        if v.transitions is None:
-            raise FeatureBankError(f"video {v.id!r}: ground-truth transitions are needed but missing")
-        if tuple(v.transitions.shape) != (2,):
-            raise FeatureBankError(
-                f"video {v.id!r}: transitions must be (2,), got {tuple(v.transitions.shape)}"
-            )
-        frames = spec.static_shape[0] if spec.static_shape else spec.skeleton_frames
-        st, ed = (int(x) for x in v.transitions)
-        if st < 0 or (frames is not None and ed >= frames):
-            raise FeatureBankError(f"video {v.id!r}: transitions ({st}, {ed}) outside [0, {frames})")
-    if spec.splash and (v.splash is None or not math.isfinite(v.splash)):
-        raise FeatureBankError(f"video {v.id!r}: a splash size is needed (splash loss on) but missing")
-    if not math.isfinite(v.score) or not math.isfinite(v.difficulty):
-        raise FeatureBankError(
-            f"video {v.id!r}: score/difficulty must be finite, got {v.score}, {v.difficulty}"
-        )
-
-
-@dataclass(frozen=True)
-class FeatureBank:
-    """Per-video features by id plus the canonical annotation table (the source of splits and labels).
-
-    ``table`` needs the columns :data:`BANK_COLUMNS`; every video must be a row of it with the same
-    dive number, difficulty and score. Rows without features are allowed until they are used.
-    """
-
-    videos: Mapping[str, VideoFeatures]
-    table: pa.Table
-    _rows: dict[str, dict[str, Any]] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        missing = [c for c in BANK_COLUMNS if c not in self.table.schema.names]
-        if missing:
-            raise FeatureBankError(f"feature bank: the annotation table lacks column(s) {missing}")
-        rows = {r["id"]: r for r in self.table.select(list(BANK_COLUMNS)).to_pylist()}
-        if len(rows) != self.table.num_rows:
-            raise FeatureBankError("feature bank: the annotation table has duplicate ids")
-        for key, v in self.videos.items():
-            if key != v.id:
-                raise FeatureBankError(f"feature bank: key {key!r} holds video {v.id!r}")
-            row = rows.get(key)
-            if row is None:
-                raise FeatureBankError(f"feature bank: video {key!r} is not in the annotation table")
-            if (
-                row["dive_number"] != v.dive_number
-                or abs(row["difficulty"] - v.difficulty) > 1e-6
-                or abs(row["final_score"] - v.score) > 1e-6
-            ):
-                raise FeatureBankError(
-                    f"feature bank: video {key!r} labels (dive number {v.dive_number!r}, DD {v.difficulty}, "
-                    f"score {v.score}) differ from the annotation table ({row['dive_number']!r}, "
-                    f"{row['difficulty']}, {row['final_score']})"
-                )
-        object.__setattr__(self, "_rows", rows)
-
-    @classmethod
-    def from_videos(cls, videos: Iterable[VideoFeatures], splits: Mapping[str, str]) -> FeatureBank:
-        """A bank whose table is built from the videos' labels and ``splits`` (id → split)."""
-        by_id = {v.id: v for v in videos}
-        unknown = sorted(set(splits) - set(by_id))
-        if unknown:
-            raise FeatureBankError(f"feature bank: split given for unknown video(s) {unknown[:5]}")
-        table = pa.table(
-            {
-                "id": [v.id for v in by_id.values()],
-                "split": [splits[v.id] for v in by_id.values()],
-                "dive_number": [v.dive_number for v in by_id.values()],
-                "difficulty": pa.array([v.difficulty for v in by_id.values()], pa.float64()),
-                "final_score": pa.array([v.score for v in by_id.values()], pa.float64()),
-            }
-        )
-        return cls(by_id, table)
-
-    def split_ids(self, split: str) -> list[str]:
-        """Ids of ``split`` in table order."""
-        return [r["id"] for r in self._rows.values() if r["split"] == split]
-
-    def label(self, video_id: str) -> dict[str, Any]:
-        """``{"id", "split", "dive_number", "difficulty", "final_score"}`` of a table row."""
-        row = self._rows.get(video_id)
-        if row is None:
-            raise FeatureBankError(f"video {video_id!r} is not in the annotation table")
-        return row
-
-    def pool(self, split: str = "train") -> ExemplarPool:
-        """The exemplar pool: every dive of ``split`` (the reduced train split, §11.4)."""
-        return ExemplarPool.from_table(self.table.select(list(BANK_COLUMNS)), split)
-
-    def get(self, video_id: str) -> VideoFeatures:
-        """The features of one video; :class:`FeatureBankError` naming it when absent."""
-        v = self.videos.get(video_id)
-        if v is None:
-            split = self._rows.get(video_id, {}).get("split", "no split")
-            raise FeatureBankError(f"video {video_id!r} ({split}) has no features in the feature bank")
-        return v
-
-    def require(self, ids: Iterable[str], spec: InputSpec) -> list[VideoFeatures]:
-        """The features of ``ids``, each checked against ``spec`` (presence, shapes, finiteness).
-
-        Raises:
-            FeatureBankError: naming the first video that is missing or unusable.
-        """
-        out = [self.get(i) for i in ids]
-        clips = None
-        for v in out:
-            _check_video(v, spec)
-            if clips is None:
-                clips = v.i3d.shape[0]
-            elif v.i3d.shape[0] != clips:
-                raise FeatureBankError(
-                    f"video {v.id!r}: {v.i3d.shape[0]} I3D clips, other videos have {clips}"
-                )
-        return out
-
-
-def stack_videos(videos: Sequence[VideoFeatures], spec: InputSpec) -> VideoInputs:
-    """Stack checked videos into :class:`VideoInputs` (float32; fields ``spec`` does not need are dropped).
-
-    Shapes: ``i3d (N, J, C)``, ``static (N, T, C_s)``, ``skeleton (N, 2, T, 16, 1)``,
-    ``transitions (N, 2)`` (kept only when every video has them).
-    """
-    has_gt = all(v.transitions is not None for v in videos)
-    return VideoInputs(
-        i3d=torch.stack([v.i3d for v in videos]).float(),
-        static=torch.stack([v.static for v in videos]).float() if spec.static_shape else None,  # type: ignore[misc]
-        skeleton=torch.stack([v.skeleton for v in videos]).float() if spec.skeleton_frames else None,  # type: ignore[misc]
-        transitions=torch.stack([v.transitions for v in videos]).long() if has_gt else None,  # type: ignore[misc]
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,12 +95,19 @@ class EvalPlan:
 
 
 def plan_evaluation(
-    bank: FeatureBank, split: str, cfg: EvalConfig, *, seed: int, model: nn.Module | None = None
+    bank: FeatureBank,
+    split: str,
+    cfg: EvalConfig,
+    *,
+    seed: int,
+    dd_mode: bool = False,
+    model: PairModel | None = None,
 ) -> EvalPlan:
     """Draw the exemplars of every query of ``split`` and check that every needed video is usable.
 
     Raises:
-        DatasetError: a query has no exemplar in the train pool (naming the query), or the split is empty.
+        DatasetError: a query has no exemplar in the train pool (naming the query), the split is empty,
+            or (``dd_mode``) a query or exemplar has a DD that is not > 0.
         FeatureBankError: a query or exemplar is missing from the bank or unusable for ``model``.
     """
     cfg.validate()
@@ -362,16 +133,16 @@ def plan_evaluation(
                 )
             )
         draws.append(draw)
-    if cfg.dd_mode:
+    if dd_mode:
         for i in sorted({*queries, *(e for d in draws for es in d.values() for e in es)}):
             if not bank.label(i)["difficulty"] > 0:
                 raise DatasetError(
                     f"DD mode: video {i!r} has difficulty {bank.label(i)['difficulty']}, not > 0"
                 )
     if model is not None:
-        bank.require(queries, input_spec(model, "query"))
+        bank.require(queries, model.input_spec("query"))
         bank.require(
-            sorted({e for d in draws for es in d.values() for e in es}), input_spec(model, "exemplar")
+            sorted({e for d in draws for es in d.values() for e in es}), model.input_spec("exemplar")
         )
     return EvalPlan(split=split, queries=tuple(queries), exemplars=tuple(draws), seeds=seeds)
 
@@ -385,14 +156,14 @@ class Evaluation:
     plan: EvalPlan | None = None
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def _model_device(model: PairModel) -> torch.device:
     p = next(model.parameters(), None)
     return torch.device("cpu") if p is None else p.device
 
 
 def _encode_all(
-    model: nn.Module, videos: list[VideoFeatures], spec: InputSpec, *, use_gt: bool, batch: int
-) -> Any:
+    model: PairModel, videos: list[VideoFeatures], spec: InputSpec, *, use_gt: bool, batch: int
+) -> Encoding:
     """Encode every video once (eval mode, no grad) → one concatenated encoding on the model's device."""
     device = _model_device(model)
     parts = []
@@ -404,17 +175,16 @@ def _encode_all(
 
 @torch.inference_mode()
 def _pair_deltas(
-    model: nn.Module, plan: EvalPlan, bank: FeatureBank, cfg: EvalConfig, *, progress: bool
+    model: PairModel, plan: EvalPlan, bank: FeatureBank, cfg: EvalConfig, *, progress: bool
 ) -> tuple[dict[tuple[str, str], float], torch.Tensor | None]:
     """Δ^{qe} of every distinct (query, exemplar) pair of the plan, and the queries' decoded transitions."""
-    q_spec, e_spec = input_spec(model, "query"), input_spec(model, "exemplar")
+    q_spec, e_spec = model.input_spec("query"), model.input_spec("exemplar")
     queries = list(plan.queries)
     exemplar_ids = sorted({e for d in plan.exemplars for es in d.values() for e in es})
     q_index = {q: i for i, q in enumerate(queries)}
     e_index = {e: i for i, e in enumerate(exemplar_ids)}
     q_feats, e_feats = bank.require(queries, q_spec), bank.require(exemplar_ids, e_spec)
-    exemplar_uses_gt = getattr(model, "exemplar_uses_gt", None)  # HP-MCoRe: exemplar_gt_at_test in eval
-    uses_gt = bool(exemplar_uses_gt()) if exemplar_uses_gt is not None else False
+    uses_gt = model.exemplar_uses_gt()  # HP-MCoRe: exemplar_gt_at_test
     q_enc = _encode_all(model, q_feats, q_spec, use_gt=False, batch=cfg.encode_batch_size)
     e_enc = _encode_all(model, e_feats, e_spec, use_gt=uses_gt, batch=cfg.encode_batch_size)
     pairs = list(dict.fromkeys((q, e) for d in plan.exemplars for q in queries for e in d[q]))
@@ -430,17 +200,18 @@ def _pair_deltas(
             deltas[pair] = d
         bar.update(len(chunk))
     bar.close()
-    predicted = getattr(q_enc, "predicted", None)
+    predicted = q_enc.predicted
     return deltas, None if predicted is None else predicted.cpu()
 
 
 def evaluate_model(
-    model: nn.Module,
+    model: PairModel,
     bank: FeatureBank,
     split: str,
     cfg: EvalConfig,
     *,
     seed: int,
+    dd_mode: bool = False,
     plan: EvalPlan | None = None,
     progress: bool = False,
 ) -> Evaluation:
@@ -453,8 +224,10 @@ def evaluate_model(
         model: HP-MCoRe or another pair model (see the module docstring).
         bank: the features; queries and their exemplars must be in it.
         split: ``"val"`` or ``"test"`` (or ``"train"``, never pairing a query with itself).
-        cfg: voters and DD mode.
+        cfg: voters, their draws and the device.
         seed: the voter seed (draw ``d`` uses :func:`voter_seed`).
+        dd_mode: the model regresses completeness (score / DD): vote in DD mode (§10.3). It must be the
+            mode the model was trained in (:attr:`~hpmcore.training.checkpoints.CheckpointInfo.dd_mode`).
         plan: a plan from :func:`plan_evaluation` with the same arguments (reused across epochs).
         progress: show a progress bar over the pairs.
 
@@ -463,7 +236,7 @@ def evaluate_model(
         FeatureBankError: a needed video missing or with NaN/mis-shaped features (named).
     """
     cfg.validate()
-    plan = plan or plan_evaluation(bank, split, cfg, seed=seed, model=model)
+    plan = plan or plan_evaluation(bank, split, cfg, seed=seed, dd_mode=dd_mode, model=model)
     model.to(resolve_device(cfg.device)).eval()
     deltas, predicted = _pair_deltas(model, plan, bank, cfg, progress=progress)
     score = {i: bank.label(i)["final_score"] for d in plan.exemplars for es in d.values() for i in es}
@@ -471,7 +244,7 @@ def evaluate_model(
     for d, draw in enumerate(plan.exemplars):
         for n, q in enumerate(plan.queries):
             es = draw[q]
-            if cfg.dd_mode:
+            if dd_mode:
                 dd_q = bank.label(q)["difficulty"]
                 votes = [deltas[q, e] + score[e] / bank.label(e)["difficulty"] for e in es]
                 preds[d, n] = dd_q * float(np.mean(votes))
@@ -481,7 +254,7 @@ def evaluate_model(
         "exemplars": cfg.exemplars,
         "exemplar_mode": cfg.exemplar_mode,
         "num_voter_draws": cfg.num_voter_draws,
-        "dd_mode": cfg.dd_mode,
+        "dd_mode": dd_mode,
         "seed": seed,
         "voter_seeds": list(plan.seeds),
         "mean_exemplars_per_query": float(np.mean([len(plan.exemplars[0][q]) for q in plan.queries])),
@@ -512,13 +285,14 @@ def evaluation_from_predictions(
 
     Score metrics are computed per draw, then mean and sample std (``<name>_std``, ``None`` for one
     draw) over draws; non-finite predictions give NaN metrics (a warning), never an exception.
-    Segmentation metrics need ``predicted_transitions (N, 2)`` and ground truth for every query.
+    Segmentation metrics need ``predicted_transitions (N, 2)``; they are computed over the queries with
+    ground-truth transitions (the others are counted in ``queries_without_transitions``).
 
     Returns:
         :class:`Evaluation` with JSON-safe ``metrics`` (``split``, ``num_queries``, ``rho``, ``rho_std``,
-        ``l2``, ``rl2``, ``rl2_x100`` and their ``_std``, ``tiou``, ``aiou_50``, ``aiou_75``, ``draws``
-        and ``info``) and rows ``id, dive_number, difficulty, true, pred, pred_std, st_pred, ed_pred,
-        st_gt, ed_gt, tiou``.
+        ``l2``, ``rl2``, ``rl2_x100`` and their ``_std``, ``tiou``, ``aiou_50``, ``aiou_75``,
+        ``queries_without_transitions``, ``draws`` and ``info``) and rows ``id, dive_number,
+        difficulty, true, pred, pred_std, st_pred, ed_pred, st_gt, ed_gt, tiou``.
     """
     preds = np.asarray(preds, dtype=np.float64)
     if preds.ndim != 2 or preds.shape[1] != len(query_ids):
@@ -544,13 +318,16 @@ def evaluation_from_predictions(
     per_tiou: list[float | None] = [None] * len(query_ids)
     seg = {"tiou": math.nan, "aiou_50": math.nan, "aiou_75": math.nan}
     pred_t = None
+    known = [n for n, g in enumerate(gts) if g is not None]
     if predicted_transitions is not None:
         pred_t = np.asarray(predicted_transitions, dtype=np.int64).reshape(len(query_ids), 2)
-        if all(g is not None for g in gts):
-            gt = np.stack([np.asarray(g, dtype=np.int64) for g in gts])  # type: ignore[arg-type]
-            seg = segmentation_metrics(pred_t, gt)
-            per_tiou = [float(x) for x in tiou(pred_t, gt)]
+        if known:
+            gt = np.stack([np.asarray(gts[n], dtype=np.int64) for n in known])  # (K, 2)
+            seg = segmentation_metrics(pred_t[known], gt)
+            for n, x in zip(known, tiou(pred_t[known], gt), strict=True):
+                per_tiou[n] = float(x)
     metrics.update(seg)
+    metrics["queries_without_transitions"] = len(query_ids) - len(known)
     metrics["draws"] = per_draw
     metrics["info"] = dict(info or {})
 
@@ -589,48 +366,136 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def synthetic_feature_bank(
-    splits: Mapping[str, int],
-    *,
-    dive_numbers: Sequence[str] = ("101a", "201b", "301c"),
-    i3d_dim: int = 1024,
-    static_dim: int = 368,
-    num_frames: int = 96,
-    num_clips: int = 9,
-    signal: float = 10.0,
-    seed: int = 0,
-) -> FeatureBank:
-    """A bank of random features with the real layout, for tests and benchmarks.
+# ---------------------------------------------------------------------------------------------------------
+# One checkpoint on one split of the current data
 
-    ``splits`` gives the number of videos per split (e.g. ``{"train": 20, "val": 5, "test": 5}``); ids
-    are ``"<split>/<n>"`` and video ``n`` of a split has dive number ``dive_numbers[n % len]``, with DD
-    ``2.0 + 0.4·index`` of that dive number. Scores carry a learnable signal: ``score = 50 + signal·z``
-    with ``z`` the (unit-variance) clip mean of I3D channel 0. Transitions are uniform with
-    ``1 <= st < T/2 <= ed < T - 1``.
+
+@dataclass(frozen=True)
+class EvalReport:
+    """The evaluation of one checkpoint on one split: what the evaluate stage writes."""
+
+    metrics: dict[str, Any]
+    """JSON-safe metrics (ρ, L2, RL2, RL2×100 with std over voter draws, tIoU, AIoU@0.5/0.75 over the
+    queries with ground truth, ``queries_without_transitions``), the checkpoint's epoch and validation
+    ρ, the voters, and ``skipped`` (the split's dives that failed in extraction, left out); no timings."""
+    predictions: pa.Table
+    """One row per query: ``id, dive_number, difficulty, true_score, predicted_score, predicted_std`` (the
+    mean and std over voter draws)."""
+    transitions: pa.Table
+    """One row per query with ground truth: ``id, takeoff_error, entry_error`` (predicted − true, in
+    sampled frames) and ``tiou``."""
+    evaluation: Evaluation
+    checkpoint: CheckpointInfo
+
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("dive_number", pa.string()),
+        ("difficulty", pa.float64()),
+        ("true_score", pa.float64()),
+        ("predicted_score", pa.float64()),
+        ("predicted_std", pa.float64()),
+    ]
+)
+TRANSITIONS_SCHEMA = pa.schema(
+    [("id", pa.string()), ("takeoff_error", pa.int64()), ("entry_error", pa.int64()), ("tiou", pa.float64())]
+)
+
+
+def _check_dims(info: CheckpointInfo, bank: FeatureBank) -> None:
+    """The checkpoint's model was trained on features of the bank's sizes (widths, T, clip stride)."""
+    dims = bank.require_dims()
+    stored = info.config["model"]["config"]
+    differ = [
+        f"{name}: {stored.get(name)!r} in the checkpoint, {getattr(dims, name)!r} in the features"
+        for name in (f.name for f in dataclasses.fields(dims))
+        if name in stored and stored.get(name) != getattr(dims, name)
+    ]
+    if differ:
+        raise CheckpointError(
+            f"checkpoint {info.path} was trained on other features than the current ones "
+            f"({'; '.join(differ)})"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    bank: FeatureBank,
+    cfg: EvalConfig,
+    *,
+    seed: int,
+    split: str = "val",
+    expected_model: ModelConfig | None = None,
+    progress: bool = False,
+) -> EvalReport:
+    """Evaluate the checkpoint ``checkpoint`` on ``split`` of the current data (``bank``), once.
+
+    The model is rebuilt from the checkpoint (its kind and config as recorded, any
+    :class:`~hpmcore.training.protocol.PairModel`) and votes in the DD mode it was trained in; voters
+    come from the bank's train split, drawn from ``seed`` with ``cfg`` (so two checkpoints evaluated
+    with the same bank, config and seed meet the same queries and voters).
+
+    Args:
+        checkpoint: a ``best.pt`` (or ``last.pt``).
+        bank: the current data (:func:`~hpmcore.training.bank.pipeline_bank`).
+        cfg: voters, draws and device (``params.eval``).
+        seed: the voter seed (``params.seed``).
+        split: the split to score (``"val"`` to choose between models, ``"test"`` once to report).
+        expected_model: refuse a checkpoint of another model configuration (the stage passes its own).
+        progress: show a progress bar.
+
+    Raises:
+        CheckpointError: the checkpoint is missing, unreadable, has NaN/inf weights or lacks keys, was
+            trained on features of other sizes, or (``expected_model``) for another configuration —
+            naming the file.
+        DatasetError / FeatureBankError: an empty split, a query or exemplar missing or with bad
+            features (named), a query whose dive number has no exemplar in the train pool (named).
     """
-    g = torch.Generator().manual_seed(seed)
-    videos, assignment = [], {}
-    dd_of = {dn: 2.0 + 0.4 * i for i, dn in enumerate(dict.fromkeys(dive_numbers))}
-    for split, count in splits.items():
-        for n in range(count):
-            i3d = torch.randn(num_clips, i3d_dim, generator=g)
-            z = float(i3d[:, 0].mean()) * math.sqrt(num_clips)
-            st = int(torch.randint(1, num_frames // 2, (1,), generator=g))
-            ed = int(torch.randint(num_frames // 2, num_frames - 1, (1,), generator=g))
-            dn = dive_numbers[n % len(dive_numbers)]
-            vid = f"{split}/{n}"
-            videos.append(
-                VideoFeatures(
-                    id=vid,
-                    i3d=i3d,
-                    static=torch.randn(num_frames, static_dim, generator=g),
-                    skeleton=torch.randn(POSE_CHANNELS, num_frames, NUM_JOINTS, 1, generator=g),
-                    transitions=torch.tensor([st, ed]),
-                    score=50.0 + signal * z,
-                    difficulty=dd_of[dn],
-                    dive_number=dn,
-                    splash=float(torch.rand((), generator=g)),
-                )
-            )
-            assignment[vid] = split
-    return FeatureBank.from_videos(videos, assignment)
+    if not bank.split_ids(split):
+        raise DatasetError(f"no videos in the {split!r} split to evaluate")
+    model, info = model_from_checkpoint(Path(checkpoint))
+    if expected_model is not None:
+        expected = {"kind": HPMCoRe.__name__, "config": asdict(expected_model)}
+        compare_fingerprints(Path(checkpoint), info.config["model"], expected, "model configuration")
+    _check_dims(info, bank)
+    ev = evaluate_model(model, bank, split, cfg, seed=seed, dd_mode=info.dd_mode, progress=progress)
+    val = info.val or {}
+    metrics = json_safe(
+        {
+            **{k: v for k, v in ev.metrics.items() if k not in ("draws", "info")},
+            "checkpoint_epoch": info.epoch,
+            "checkpoint_val_rho": val.get("rho"),
+            "voters": ev.metrics.get("info", {}),
+            "skipped": bank.skipped_report((split,)),
+        }
+    )
+    rows = ev.rows
+    predictions = pa.Table.from_pylist(
+        [
+            {
+                "id": r["id"],
+                "dive_number": r["dive_number"],
+                "difficulty": r["difficulty"],
+                "true_score": r["true"],
+                "predicted_score": r["pred"],
+                "predicted_std": r["pred_std"],
+            }
+            for r in rows
+        ],
+        schema=PREDICTIONS_SCHEMA,
+    )
+    seg = [r for r in rows if r.get("st_gt") is not None and r.get("st_pred") is not None]
+    transitions = pa.Table.from_pylist(
+        [
+            {
+                "id": r["id"],
+                "takeoff_error": r["st_pred"] - r["st_gt"],
+                "entry_error": r["ed_pred"] - r["ed_gt"],
+                "tiou": r["tiou"],
+            }
+            for r in seg
+        ],
+        schema=TRANSITIONS_SCHEMA,
+    )
+    return EvalReport(metrics, predictions, transitions, ev, info)
