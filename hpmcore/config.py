@@ -603,6 +603,26 @@ class CoReConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """The comparison (``compare/dvc.yaml``): training seeds per trained row and the paired bootstrap
+    (:func:`hpmcore.training.compare.run_comparison`)."""
+
+    seeds: int = 3
+    """Training seeds per trained row (``seed``, then derived ones); rows are mean ± sd over them."""
+    bootstrap: int = 2000
+    """Paired bootstrap resamples of the evaluated dives for Δρ of HP-MCoRe against each row."""
+    confidence: float = 0.95
+    """Coverage of the bootstrap's percentile interval."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
+        _check_range("compare.seeds", self.seeds, 1, 100)
+        _check_range("compare.bootstrap", self.bootstrap, 1, 10**6)
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"compare.confidence must be in (0, 1), got {self.confidence}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -618,6 +638,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
     eval: EvalConfig = field(default_factory=EvalConfig)
     core: CoReConfig = field(default_factory=CoReConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an impossible top-level seed (each section validates itself)."""

@@ -145,7 +145,7 @@ STAGE_SECTIONS = {
     "dvc.yaml:features": ("features",),
     "dvc.yaml:train": ("model", "train"),
     "dvc.yaml:evaluate": ("model", "eval"),
-    "compare/dvc.yaml:compare": ("model", "train", "eval", "core"),
+    "compare/dvc.yaml:compare": ("model", "train", "eval", "core", "compare"),
 }
 """The params.yaml sections each stage reads: all their keys but the speed-only ones are its params."""
 

@@ -228,6 +228,7 @@ def test_model_stages_train_evaluate_reproducibly_and_fail_cleanly(project: Path
 
 
 def test_comparison_table_from_one_command(project: Path) -> None:
+    set_params(project, compare={"seeds": 2, "bootstrap": 200})
     out = run_ok([sys.executable, "-m", "dvc", "repro", "compare/dvc.yaml"], project)
     # compare needs the extraction stages, not the train/evaluate stages of the main pipeline
     assert re.search(r"Running stage '[\w/.:]*compare'", out) and "Running stage 'train'" not in out, out
@@ -249,7 +250,13 @@ def test_comparison_table_from_one_command(project: Path) -> None:
         for d in read_annotations(project / "data/prepared/dives.parquet").to_pylist()
         if d["split"] == "test"
     )
-    assert all(r["metrics"]["num_queries"] == test_count for r in table["rows"])
+    assert all(r["num_queries"] == test_count for r in table["rows"])
+    assert all(len(r["per_seed"]) == 2 for r in table["rows"] if r["kind"] in ("hpmcore", "core"))
+    rows = table["rows"]
+    assert rows[0]["vs_reference"] is None and rows[-1]["vs_reference"]["rho"]["resamples"] == 200
+    predictions = (project / "data/compare/predictions.csv").read_text().splitlines()
+    assert predictions[0] == '"variant","seed","id","difficulty","true_score","predicted_score"'
+    assert len(predictions) == 1 + test_count * (2 * 7 + 2)  # 7 trained rows x 2 seeds, 2 table-only rows
     markdown = (project / "data/compare/comparison.md").read_text()
     assert all(f"| {name} |" in markdown for name in names)
     # the main pipeline's `dvc repro` does not run the comparison

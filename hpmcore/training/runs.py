@@ -100,7 +100,8 @@ def compare_run(
     bank: FeatureBank, params: Params, work_dir: Path, *, split: str = "test", progress: bool = False
 ) -> Comparison:
     """HP-MCoRe, its ablations and the baselines, trained and evaluated alike on ``split``; plus HP-MCoRe
-    with the splash-aware loss when every train video has a splash size (synthetic data).
+    with the splash-aware loss when every train video has a splash size (synthetic data). Training seeds
+    and the bootstrap from ``params.compare``.
 
     Checkpoints go to ``work_dir/<variant>/`` (a rerun resumes finished and unfinished variants).
     """
@@ -120,6 +121,9 @@ def compare_run(
         params.train,
         params.eval,
         params.seed,
+        seeds=params.compare.seeds,
+        bootstrap=params.compare.bootstrap,
+        confidence=params.compare.confidence,
         split=split,
         work_dir=Path(work_dir),
         restart_on_mismatch=True,
