@@ -193,7 +193,7 @@ def log_comparison(project_dir: Path) -> None:
     for row in rows:
         slug = "".join(c if c.isalnum() else "_" for c in row["name"].lower()).strip("_")
         tracking.log_metrics(
-            {f"compare.{slug}.{k}": row[k] for k in ("rho", "rl2_x100", "aiou_50", "aiou_75")}
+            {f"compare.{slug}.{k}": row[k] for k in ("rho", "exec_rho", "rl2_x100", "aiou_50", "aiou_75")}
         )
 
 
