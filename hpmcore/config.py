@@ -499,9 +499,28 @@ class TrainConfig:
     """``auto`` = CUDA when available (not part of the checkpoint fingerprint)."""
     amp: bool = False
     """Mixed precision on CUDA (bf16 where supported, else fp16 + grad scaler); ignored on the CPU."""
+    mode: Literal["cached", "end_to_end"] = "cached"
+    """``cached``: the heads on the features stage's cached features (encoders frozen); ``end_to_end``:
+    I3D and RegNetY-002 + GSM fine-tuned from the decoded frames with the heads (spec §9.3), starting
+    from the encoders the features stage used (:mod:`hpmcore.models.end_to_end`)."""
+    augment: bool = True
+    """End-to-end only: the spec §1.2 training augmentation (flip p = 0.5, a random vertical crop shared
+    by the clip's frames; :mod:`hpmcore.training.augment`); false: the test view in training too."""
+    flip_pose: bool = True
+    """End-to-end only: mirror the skeleton (left/right joints swapped) with a flipped video; false: the
+    reference's skeleton/RGB mismatch (spec §13 item 7)."""
+    num_workers: int = 2
+    """End-to-end only: DataLoader worker processes reading and augmenting the frames (speed only: the
+    views are drawn per pair from the seed, so the results do not depend on it)."""
+    activation_checkpointing: bool = False
+    """End-to-end only: recompute the encoders' activations in the backward pass (less memory, ~1/3 more
+    compute; the same numbers)."""
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ``ValueError``) for impossible settings."""
+        if self.mode not in ("cached", "end_to_end"):
+            raise ConfigError(f"train.mode must be cached or end_to_end, got {self.mode!r}")
+        _check_range("train.num_workers", self.num_workers, 0, 256)
         for name in ("epochs", "batch_size", "t_max", "val_exemplars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")

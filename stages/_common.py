@@ -10,6 +10,7 @@ from hpmcore.data.canonical import DatasetError
 from hpmcore.extraction.cache import ManifestError
 from hpmcore.models.checkpoints import CheckpointError
 from hpmcore.training.bank import FeatureBank, pipeline_bank
+from hpmcore.training.frames import pipeline_frame_bank
 
 INPUT_ERRORS = (ConfigError, DatasetError, ManifestError, CheckpointError)
 """Bad params, tables, manifests, features or checkpoints: the model stages exit 2 with the message."""
@@ -24,10 +25,14 @@ def add_bank_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", type=Path, required=True, help="output folder of the features stage")
 
 
-def load_bank(args: argparse.Namespace, params: Params, *, splash: bool = True) -> FeatureBank:
+def load_bank(
+    args: argparse.Namespace, params: Params, *, splash: bool = True, frames: bool = False
+) -> FeatureBank:
     """The feature bank of the folders named by :func:`add_bank_arguments`; ``splash``: with the splash
-    sizes of ``<data.root>/latents.parquet`` when it exists (training targets, not needed to evaluate)."""
-    return pipeline_bank(
+    sizes of ``<data.root>/latents.parquet`` when it exists (training targets, not needed to evaluate);
+    ``frames``: the frame bank (decoded frames, for ``train.mode: end_to_end``) instead."""
+    load = pipeline_frame_bank if frames else pipeline_bank
+    return load(
         args.dives,
         args.decoded,
         args.features,

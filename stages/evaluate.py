@@ -3,6 +3,10 @@
 Usage: ``python stages/evaluate.py --params params.yaml --dives data/prepared/dives.parquet
 --decoded data/decoded --pose data/pose --features data/features --model data/model --out data/eval``
 
+With ``train.mode: end_to_end`` the checkpoint holds the fine-tuned encoders too and the test dives'
+decoded frames are encoded with them. ``torchrun --nproc-per-node N stages/evaluate.py ...`` shards the
+queries over N processes (only rank 0 writes).
+
 Writes into ``--out``: ``metrics.json`` (ρ, L2, RL2, RL2×100 as mean ± std over voter draws, tIoU,
 AIoU@0.5/0.75 over the queries with ground-truth transitions, the checkpoint's epoch, the test dives
 left out because an extraction stage skipped them: DVC metrics; the same checkpoint and seed give an
@@ -25,6 +29,7 @@ from hpmcore.config import load_params
 from hpmcore.io import write_csv, write_json
 from hpmcore.logs import setup_logging
 from hpmcore.training.checkpoints import BEST, CHECKPOINTS
+from hpmcore.training.distributed import init_distributed
 from hpmcore.training.evaluate import evaluate_checkpoint
 
 log = logging.getLogger("stages.evaluate")
@@ -39,19 +44,22 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         params = load_params(args.params)
-        bank = load_bank(args, params, splash=False)
+        world = init_distributed(params.eval.device)  # the one process, unless started by torchrun
+        bank = load_bank(args, params, splash=False, frames=params.train.mode == "end_to_end")
         report = evaluate_checkpoint(
             args.model / CHECKPOINTS / BEST,
             bank,
             params.eval,
             seed=params.seed,
             split="test",
-            expected_model=bank.fill(params.model),  # trained with params.model (+ the features' sizes)
-            progress=True,
+            expected_model=bank.model_config(params.model),  # params.model + the features' sizes
+            progress=world.is_main,
         )
     except INPUT_ERRORS as exc:
         log.error("%s", exc)
         return 2
+    if not world.is_main:
+        return 0
     write_json(report.metrics, args.out / "metrics.json")
     write_csv(report.predictions, args.out / "predictions.csv")
     write_csv(report.transitions, args.out / "transitions.csv")

@@ -1,7 +1,12 @@
-"""DVC stage ``train``: HP-MCoRe on the cached features, selected on the validation split.
+"""DVC stage ``train``: HP-MCoRe on the cached features or end to end, selected on the validation split.
 
 Usage: ``python stages/train.py --params params.yaml --dives data/prepared/dives.parquet
 --decoded data/decoded --pose data/pose --features data/features --out data/model``
+
+``train.mode: cached`` trains the heads on the features stage's features; ``end_to_end`` fine-tunes the
+encoders from the decoded frames with them. Data parallel on N processes (gloo on the CPU, NCCL with one
+GPU per process): ``torchrun --nproc-per-node N stages/train.py ...`` (same arguments); only rank 0
+writes.
 
 Writes into ``--out``: ``checkpoints/last.pt`` (after every epoch: resumable) and ``checkpoints/best.pt``
 (the epoch with the best validation ρ), ``history.json`` (per-epoch losses, validation metrics and lr:
@@ -26,6 +31,7 @@ from hpmcore.config import load_params
 from hpmcore.extraction.cache import TIMINGS
 from hpmcore.io import write_json
 from hpmcore.logs import setup_logging
+from hpmcore.training.distributed import init_distributed
 from hpmcore.training.runs import train_run
 
 log = logging.getLogger("stages.train")
@@ -39,14 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         params = load_params(args.params)
-        bank = load_bank(args, params)
-        run = train_run(bank, params, args.out)
+        world = init_distributed(params.train.device)  # the one process, unless started by torchrun
+        bank = load_bank(args, params, frames=params.train.mode == "end_to_end")
+        run = train_run(bank, params, args.out, progress=world.is_main, project_dir=args.params.parent)
     except INPUT_ERRORS as exc:
         log.error("%s", exc)
         return 2
     except FloatingPointError as exc:
         log.error("%s", exc)
         return 1
+    if not world.is_main:
+        return 0
     write_json(run.history, args.out / "history.json")
     write_json(run.summary, args.out / "train.json")
     write_json({"train_seconds": round(run.result.train_seconds, 2)}, args.out / TIMINGS)

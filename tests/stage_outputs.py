@@ -80,9 +80,13 @@ def dives(train: int = 8, val: int = 3, test: int = 4) -> list[Dive]:
     ]
 
 
-def write_stage_outputs(root: Path, spec: list[Dive], *, seed: int = 0) -> dict[str, Path]:
+def write_stage_outputs(
+    root: Path, spec: list[Dive], *, seed: int = 0, frames: bool = False
+) -> dict[str, Path]:
     """Write ``dives.parquet`` and the ``decoded``, ``pose``, ``features`` folders (manifests, caches,
-    failures tables) under ``root``; returns their paths (``dives``, ``decoded``, ``pose``, ``features``)."""
+    failures tables) under ``root``; returns their paths (``dives``, ``decoded``, ``pose``, ``features``).
+    ``frames``: also the decode cache entries, uint8 ``(T, 32, 32, 3)`` frames whose brightness follows
+    the score (for end-to-end training)."""
     g = torch.Generator().manual_seed(seed)
     indices = (linspace_indices(START, START + N - 1, T) + START).tolist()
     paths = {
@@ -117,6 +121,14 @@ def write_stage_outputs(root: Path, spec: list[Dive], *, seed: int = 0) -> dict[
         if d.failed:
             failures[d.failed].append(
                 {"stage": d.failed, "id": d.id, "source": "v.mp4", "key": None, "reason": f"{d.id}: broken"}
+            )
+        if stage_index > 0 and frames:
+            level = 255 * torch.sigmoid(i3d[:, 0].mean())  # brighter for a higher score
+            noise = torch.rand(T, 32, 32, 3, generator=g) * 60
+            pixels = (level * 0.7 + noise).clamp(0, 255).to(torch.uint8)
+            save_entry(
+                Entry({"frames": pixels, "indices": torch.tensor(indices)}, {"key": f"dk{k}"}),
+                paths["decoded"] / "cache" / f"dk{k}.safetensors.zst",
             )
         if stage_index > 0:
             decode.append(

@@ -6,8 +6,9 @@
   stage's ``deps`` (a folder dep covers the files under it). Otherwise a change to, say, how voters are
   drawn would leave ``dvc repro`` saying "up to date". When you move or add modules, this test lists
   what to add.
-* Speed-only params (``eval.pair_batch_size``, ``eval.encode_batch_size``, ``features.batch_size``)
-  are not stage params, so changing one reruns nothing; a real ``dvc status`` in a copy of the project
+* Speed-only params (``eval.pair_batch_size``, ``eval.encode_batch_size``, ``features.batch_size``,
+  ``train.num_workers``, ``train.activation_checkpointing``) are not stage params,
+  so changing one reruns nothing; a real ``dvc status`` in a copy of the project
   checks that, and that changing a param that matters does mark its stage.
 """
 
@@ -28,7 +29,13 @@ from pipeline_project import PROJECT, copy_pipeline, project_env, set_params
 from hpmcore.config import Params
 
 PIPELINES = [PROJECT / "dvc.yaml", PROJECT / "compare" / "dvc.yaml"]
-SPEED_ONLY = ("eval.pair_batch_size", "eval.encode_batch_size", "features.batch_size")
+SPEED_ONLY = (
+    "eval.pair_batch_size",
+    "eval.encode_batch_size",
+    "features.batch_size",
+    "train.num_workers",
+    "train.activation_checkpointing",
+)
 """Params that change how fast a stage runs, not what it computes: never a stage param."""
 
 

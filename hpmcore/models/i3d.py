@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpmcore.models.checkpoints import CheckpointError, LoadReport, load_strict
+from hpmcore.models.recompute import checkpoint_module
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,16 @@ class InceptionI3d(nn.Module):
         with_logits: also build the 400-way logits conv ``conv3d_0c_1x1`` (1×1×1, with bias). It is
             never used in ``forward`` (spec §2.2); build it only to keep those checkpoint tensors.
 
+    ``gradient_checkpointing`` (attribute, default False): recompute each layer's activations in the
+    backward pass instead of storing them (:func:`hpmcore.models.recompute.checkpoint_module`; the
+    BatchNorm running statistics are updated once, as without it).
+
     Shapes: ``(N, 3, T, H, W)`` → ``(N, 1024)``.
     """
 
     def __init__(self, *, with_logits: bool = False) -> None:
         super().__init__()
+        self.gradient_checkpointing = False
         self.conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2))
         self.maxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
         self.conv3d_2b_1x1 = Unit3D(64, 64)
@@ -206,8 +212,9 @@ class InceptionI3d(nn.Module):
         """The mixed_5c map: ``(N, 3, T, H, W)`` → ``(N, 1024, T/8, H/32, W/32)`` (rounded up)."""
         _check_5d(clips, "clips")
         x = clips
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
         for layer in self._layers:
-            x = layer(x)
+            x = checkpoint_module(layer, x) if recompute else layer(x)
         return x
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:

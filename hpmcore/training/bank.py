@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +50,7 @@ from hpmcore.io import read_parquet
 from hpmcore.models.hdgcn import NUM_JOINTS
 from hpmcore.models.hpmcore import POSE_CHANNELS, VideoInputs
 from hpmcore.models.segmentation import gt_transitions
+from hpmcore.training.checkpoints import digest
 from hpmcore.training.protocol import InputSpec
 
 __all__ = [
@@ -101,6 +103,10 @@ class VideoFeatures:
     """FINA dive number (``"407c"``)."""
     splash: float | None = None
     """Entry-stage splash size (for the splash-aware auxiliary loss), when known."""
+    pose_mirror_x: float | None = None
+    """The x of the source frame's vertical centre line in the skeleton's coordinates (pixels:
+    ``(W − 1) / 2``), to mirror the pose with a flipped video (end-to-end augmentation,
+    :func:`hpmcore.training.augment.flip_skeleton`); ``None`` without a pose."""
 
 
 @dataclass(frozen=True)
@@ -137,34 +143,45 @@ class SkippedDive:
 
 def _check_video(v: VideoFeatures, spec: InputSpec) -> None:
     """Raise :class:`FeatureBankError` naming the video for a missing, mis-shaped or non-finite tensor."""
-    tensors: dict[str, tuple[torch.Tensor | None, tuple[int, ...] | None]] = {
-        "i3d": (v.i3d, None),
-        "static": (v.static, spec.static_shape),
-        "skeleton": (
-            v.skeleton,
-            None if spec.skeleton_frames is None else (POSE_CHANNELS, spec.skeleton_frames, NUM_JOINTS, 1),
-        ),
-    }
     if v.i3d.dim() != 2 or v.i3d.shape[1] != spec.i3d_dim or v.i3d.shape[0] < 2:
         raise FeatureBankError(
             f"video {v.id!r}: i3d features must be (J >= 2, {spec.i3d_dim}), got {tuple(v.i3d.shape)}"
         )
-    for name, (t, shape) in tensors.items():
-        if t is None:
-            if shape is not None:
-                raise FeatureBankError(f"video {v.id!r}: {name} features are needed but missing")
-            continue
-        if shape is not None and tuple(t.shape) != shape:
-            raise FeatureBankError(f"video {v.id!r}: {name} must have shape {shape}, got {tuple(t.shape)}")
-        if (shape is not None or name == "i3d") and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise FeatureBankError(f"video {v.id!r}: {name} features contain {bad} NaN/inf values")
+    check_tensor(v.id, "i3d", v.i3d, None, required=True)
+    check_tensor(v.id, "static", v.static, spec.static_shape)
+    frames = spec.static_shape[0] if spec.static_shape else spec.skeleton_frames
+    check_pose_and_labels(v, spec, frames)
+
+
+def check_tensor(
+    vid: str, name: str, t: torch.Tensor | None, shape: tuple[int, ...] | None, *, required: bool = False
+) -> None:
+    """A tensor a model needs (``shape`` given, or ``required``): present, of that shape, finite."""
+    needed = required or shape is not None
+    if t is None:
+        if needed:
+            raise FeatureBankError(f"video {vid!r}: {name} features are needed but missing")
+        return
+    if shape is not None and tuple(t.shape) != shape:
+        raise FeatureBankError(f"video {vid!r}: {name} must have shape {shape}, got {tuple(t.shape)}")
+    if needed and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise FeatureBankError(f"video {vid!r}: {name} features contain {bad} NaN/inf values")
+
+
+def check_pose_and_labels(v: Any, spec: InputSpec, frames: int | None) -> None:
+    """The pose, ground-truth transitions (within ``[0, frames)``), splash size and labels of a video
+    (:class:`VideoFeatures` or a frame-bank video) as ``spec`` needs them; :class:`FeatureBankError`
+    naming the video."""
+    skeleton_shape = (
+        None if spec.skeleton_frames is None else (POSE_CHANNELS, spec.skeleton_frames, NUM_JOINTS, 1)
+    )
+    check_tensor(v.id, "skeleton", v.skeleton, skeleton_shape)
     if spec.transitions and v.transitions is not None:
         if tuple(v.transitions.shape) != (2,):
             raise FeatureBankError(
                 f"video {v.id!r}: transitions must be (2,), got {tuple(v.transitions.shape)}"
             )
-        frames = spec.static_shape[0] if spec.static_shape else spec.skeleton_frames
         st, ed = (int(x) for x in v.transitions)
         if st < 0 or (frames is not None and ed >= frames):
             raise FeatureBankError(f"video {v.id!r}: transitions ({st}, {ed}) outside [0, {frames})")
@@ -289,6 +306,12 @@ class FeatureBank:
         (:meth:`BankDims.fill`)."""
         return self.require_dims().fill(config)
 
+    def model_config(self, config: Any) -> Any:
+        """The config of a model trained on this bank from ``params.model``: its feature sizes filled in
+        (:meth:`fill`); a frame bank wraps it in an end-to-end config
+        (:meth:`hpmcore.training.frames.FrameBank.model_config`)."""
+        return self.fill(config)
+
     def skipped_report(self, splits: Sequence[str]) -> dict[str, Any]:
         """``{"count", "dives": [{"id", "split", "stage", "reason"}]}`` of the skipped dives of ``splits``
         (what the stages write into their metrics, for DVC and MLflow)."""
@@ -298,6 +321,27 @@ class FeatureBank:
     def without_transitions(self, split: str) -> list[str]:
         """Ids of ``split`` whose features are loaded but have no ground-truth transitions."""
         return [i for i in self.split_ids(split) if i in self.videos and self.videos[i].transitions is None]
+
+    def stack(self, videos: Sequence[VideoFeatures], spec: InputSpec) -> VideoInputs:
+        """The model inputs of checked videos (:func:`stack_videos`)."""
+        return stack_videos(videos, spec)
+
+    def digest(self, split: str) -> str:
+        """SHA-256 of a split's labels and, for the videos the bank holds, their tensors (what a training
+        run on this split is a function of)."""
+        h = hashlib.sha256()
+        for vid in self.split_ids(split):
+            row = self.label(vid)
+            h.update(digest([row[k] for k in ("id", "dive_number", "difficulty", "final_score")]).encode())
+            v = self.videos.get(vid)
+            if v is not None:
+                self._hash_video(h, v)
+        return h.hexdigest()
+
+    def _hash_video(self, h: Any, v: Any) -> None:
+        for t in (v.i3d, v.static, v.skeleton, v.transitions):
+            h.update(b"-" if t is None else t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(repr(v.splash).encode())
 
 
 def stack_videos(videos: Sequence[VideoFeatures], spec: InputSpec) -> VideoInputs:
@@ -457,7 +501,7 @@ def load_feature_bank(
             with contextlib.suppress(ValueError):  # fewer than 3 steps at the sampled frames
                 transitions = torch.tensor(gt_transitions(np.asarray(row["frame_labels"])[offsets]))
         no_gt += transitions is None
-        skeleton = None
+        skeleton, mirror_x = None, None
         if poses is not None:
             pose = poses[vid]
             if pose.xy.shape[0] != static.shape[0]:
@@ -468,6 +512,8 @@ def load_feature_bank(
             xy = normalize_skeleton(pose.xy, pose.width, pose.height, norm)  # (T, 16, 2)
             xy = np.ascontiguousarray(xy.transpose(2, 0, 1))[..., None]  # (2, T, 16, 1)
             skeleton = torch.from_numpy(xy)
+            centre = np.array([[(pose.width - 1) / 2, 0.0]], dtype=np.float32)  # the mirror line, pixels
+            mirror_x = float(normalize_skeleton(centre, pose.width, pose.height, norm)[0, 0])
         videos[vid] = VideoFeatures(
             id=vid,
             i3d=i3d.float(),
@@ -477,6 +523,7 @@ def load_feature_bank(
             score=float(row["final_score"]),
             difficulty=float(row["difficulty"]),
             dive_number=row["dive_number"],
+            pose_mirror_x=mirror_x,
         )
     if no_gt:
         log.warning(
@@ -594,6 +641,7 @@ def synthetic_feature_bank(
                     difficulty=dd_of[dn],
                     dive_number=dn,
                     splash=float(torch.rand((), generator=g)),
+                    pose_mirror_x=0.0,
                 )
             )
             assignment[vid] = split

@@ -40,6 +40,7 @@ from torch import nn
 from hpmcore.config import ConfigError, CoReConfig, ModelConfig, flatten, from_dict
 from hpmcore.io import atomic_path
 from hpmcore.models.checkpoints import CheckpointError
+from hpmcore.models.end_to_end import EndToEndConfig, EndToEndHPMCoRe
 from hpmcore.models.hpmcore import build_hpmcore
 from hpmcore.training.core_baseline import build_core_baseline
 from hpmcore.training.protocol import PairModel
@@ -87,6 +88,7 @@ FINGERPRINT_KEYS = ("model", "train", "seed", "data")
 MODEL_KINDS: dict[str, tuple[type, Any]] = {
     "HPMCoRe": (ModelConfig, build_hpmcore),
     "CoReBaseline": (CoReConfig, build_core_baseline),
+    "EndToEndHPMCoRe": (EndToEndConfig, EndToEndHPMCoRe.from_config),
 }
 """Model class name (as :func:`model_fingerprint` records it) → its config class and seeded builder."""
 

@@ -45,15 +45,17 @@ from tqdm import tqdm
 from hpmcore.config import EvalConfig, ModelConfig
 from hpmcore.data.canonical import DatasetError
 from hpmcore.data.splits import select_exemplars
+from hpmcore.models.end_to_end import EndToEndConfig, EndToEndHPMCoRe
 from hpmcore.models.hpmcore import HPMCoRe
 from hpmcore.runtime import derive_seed, resolve_device
-from hpmcore.training.bank import FeatureBank, VideoFeatures, stack_videos
+from hpmcore.training.bank import FeatureBank
 from hpmcore.training.checkpoints import (
     CheckpointError,
     CheckpointInfo,
     compare_fingerprints,
     model_from_checkpoint,
 )
+from hpmcore.training.distributed import current_world
 from hpmcore.training.metrics import score_metrics, segmentation_metrics, tiou
 from hpmcore.training.protocol import Encoding, InputSpec, PairModel
 
@@ -162,31 +164,57 @@ def _model_device(model: PairModel) -> torch.device:
 
 
 def _encode_all(
-    model: PairModel, videos: list[VideoFeatures], spec: InputSpec, *, use_gt: bool, batch: int
+    model: PairModel, bank: FeatureBank, videos: list[Any], spec: InputSpec, *, use_gt: bool, batch: int
 ) -> Encoding:
-    """Encode every video once (eval mode, no grad) → one concatenated encoding on the model's device."""
+    """Encode every video once (eval mode, no grad) → one concatenated encoding on the model's device
+    (the bank makes the inputs: cached features, or the frames' test views for an end-to-end model)."""
     device = _model_device(model)
     parts = []
     for i in range(0, len(videos), batch):
-        inputs = stack_videos(videos[i : i + batch], spec).to(device)
+        inputs = bank.stack(videos[i : i + batch], spec).to(device)
         parts.append(model.encode(inputs, use_gt=use_gt))
     return type(parts[0]).cat(parts)
 
 
-@torch.inference_mode()
 def _pair_deltas(
     model: PairModel, plan: EvalPlan, bank: FeatureBank, cfg: EvalConfig, *, progress: bool
 ) -> tuple[dict[tuple[str, str], float], torch.Tensor | None]:
-    """Δ^{qe} of every distinct (query, exemplar) pair of the plan, and the queries' decoded transitions."""
+    """Δ^{qe} of every distinct (query, exemplar) pair of the plan, and the queries' decoded transitions;
+    under ``torchrun`` each rank does a contiguous shard of the queries and the results are gathered."""
+    world = current_world()
+    if not world.distributed:
+        return _shard_deltas(model, plan, list(plan.queries), bank, cfg, progress=progress)
+    shards = np.array_split(np.arange(len(plan.queries)), world.size)
+    mine = [plan.queries[i] for i in shards[world.rank]]
+    gathered = world.all_gather(
+        _shard_deltas(model, plan, mine, bank, cfg, progress=progress and world.is_main)
+    )
+    deltas = {pair: d for part, _ in gathered for pair, d in part.items()}
+    predicted = [p for _, p in gathered if p is not None]
+    return deltas, torch.cat(predicted) if predicted else None
+
+
+@torch.inference_mode()
+def _shard_deltas(
+    model: PairModel,
+    plan: EvalPlan,
+    queries: list[str],
+    bank: FeatureBank,
+    cfg: EvalConfig,
+    *,
+    progress: bool,
+) -> tuple[dict[tuple[str, str], float], torch.Tensor | None]:
+    """Δ^{qe} of the distinct pairs of ``queries`` (a shard of the plan's) and their decoded transitions."""
     q_spec, e_spec = model.input_spec("query"), model.input_spec("exemplar")
-    queries = list(plan.queries)
-    exemplar_ids = sorted({e for d in plan.exemplars for es in d.values() for e in es})
+    if not queries:
+        return {}, None
+    exemplar_ids = sorted({e for d in plan.exemplars for q in queries for e in d[q]})
     q_index = {q: i for i, q in enumerate(queries)}
     e_index = {e: i for i, e in enumerate(exemplar_ids)}
     q_feats, e_feats = bank.require(queries, q_spec), bank.require(exemplar_ids, e_spec)
     uses_gt = model.exemplar_uses_gt()  # HP-MCoRe: exemplar_gt_at_test
-    q_enc = _encode_all(model, q_feats, q_spec, use_gt=False, batch=cfg.encode_batch_size)
-    e_enc = _encode_all(model, e_feats, e_spec, use_gt=uses_gt, batch=cfg.encode_batch_size)
+    q_enc = _encode_all(model, bank, q_feats, q_spec, use_gt=False, batch=cfg.encode_batch_size)
+    e_enc = _encode_all(model, bank, e_feats, e_spec, use_gt=uses_gt, batch=cfg.encode_batch_size)
     pairs = list(dict.fromkeys((q, e) for d in plan.exemplars for q in queries for e in d[q]))
     device = _model_device(model)
     deltas: dict[tuple[str, str], float] = {}
@@ -407,6 +435,8 @@ def _check_dims(info: CheckpointInfo, bank: FeatureBank) -> None:
     """The checkpoint's model was trained on features of the bank's sizes (widths, T, clip stride)."""
     dims = bank.require_dims()
     stored = info.config["model"]["config"]
+    if info.kind == EndToEndHPMCoRe.__name__:
+        stored = stored["heads"]  # the heads' config (the encoders' widths are the dims of a frame bank)
     differ = [
         f"{name}: {stored.get(name)!r} in the checkpoint, {getattr(dims, name)!r} in the features"
         for name in (f.name for f in dataclasses.fields(dims))
@@ -426,7 +456,7 @@ def evaluate_checkpoint(
     *,
     seed: int,
     split: str = "val",
-    expected_model: ModelConfig | None = None,
+    expected_model: ModelConfig | EndToEndConfig | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Evaluate the checkpoint ``checkpoint`` on ``split`` of the current data (``bank``), once.
@@ -442,7 +472,8 @@ def evaluate_checkpoint(
         cfg: voters, draws and device (``params.eval``).
         seed: the voter seed (``params.seed``).
         split: the split to score (``"val"`` to choose between models, ``"test"`` once to report).
-        expected_model: refuse a checkpoint of another model configuration (the stage passes its own).
+        expected_model: refuse a checkpoint of another model configuration (the stage passes its own:
+            the heads' config, or an end-to-end model's config in ``train.mode: end_to_end``).
         progress: show a progress bar.
 
     Raises:
@@ -456,7 +487,8 @@ def evaluate_checkpoint(
         raise DatasetError(f"no videos in the {split!r} split to evaluate")
     model, info = model_from_checkpoint(Path(checkpoint))
     if expected_model is not None:
-        expected = {"kind": HPMCoRe.__name__, "config": asdict(expected_model)}
+        kind = EndToEndHPMCoRe if isinstance(expected_model, EndToEndConfig) else HPMCoRe
+        expected = {"kind": kind.__name__, "config": asdict(expected_model)}
         compare_fingerprints(Path(checkpoint), info.config["model"], expected, "model configuration")
     _check_dims(info, bank)
     ev = evaluate_model(model, bank, split, cfg, seed=seed, dd_mode=info.dd_mode, progress=progress)

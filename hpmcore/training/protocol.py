@@ -52,6 +52,8 @@ class InputSpec:
     dive_number_required: bool = False
     """The dive-number loss has a weight > 0: labels are required (more dive numbers than classes is an
     error)."""
+    num_frames: int | None = None
+    """T of the decoded frames, for a model that reads frames (end to end); ``None``: cached features."""
 
 
 @dataclass(frozen=True)

@@ -39,16 +39,31 @@ baseline) in place:
 - **Validation** every epoch through :func:`hpmcore.training.evaluate.evaluate_model` (one voter draw of
   ``val_exemplars`` exemplars, fixed across epochs); the caller's ``on_epoch(epoch, metrics)`` gets the
   losses, val metrics, lr and the epoch's wall time (MLflow logging stays with the caller).
+- **Modes** (``train.mode``): ``cached`` trains a model on a :class:`~hpmcore.training.bank.FeatureBank`
+  of cached features, the whole train split stacked once on the device; ``end_to_end`` trains an
+  :class:`~hpmcore.models.end_to_end.EndToEndHPMCoRe` on a :class:`~hpmcore.training.frames.FrameBank`:
+  each step's pairs are read from the decode cache and augmented (spec §1.2,
+  :mod:`hpmcore.training.augment`; the views are drawn per pair from the seed) by a DataLoader with
+  ``num_workers`` seeded workers, the encoders run in the step, the RegNet+GSM trunk learns at
+  ``static_trunk_lr_factor × lr``, the input standardiser (``model.input_norm``) is fitted on the
+  initial encoders' features, validation re-encodes the frames with the current encoders, and
+  ``activation_checkpointing`` trades compute for memory. Resume is exact in both modes.
+- **Data parallel** (:mod:`hpmcore.training.distributed`, under ``torchrun``): every rank draws the same
+  epoch; each global batch is sharded over the ranks, ``DistributedDataParallel`` averages the gradients
+  (each rank's loss weighted by its share of the batch); validation shards the queries and gathers;
+  only rank 0 writes the checkpoints, which hold every rank's RNG states (exact resume with the same
+  number of processes). The result equals the single-process run's up to float rounding when no term
+  couples the pairs of a batch — BatchNorm in training mode (HD-GCN, I3D) and the contrastive loss see
+  each rank's shard only, as in any DDP without synchronised BatchNorm.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -56,11 +71,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from hpmcore.config import EvalConfig, TrainConfig
+from hpmcore.config import ConfigError, EvalConfig, TrainConfig
 from hpmcore.data.canonical import DatasetError
 from hpmcore.data.splits import ExemplarMode, ExemplarPool, select_exemplars
+from hpmcore.models.end_to_end import EndToEndHPMCoRe
 from hpmcore.models.hpmcore import VideoInputs
 from hpmcore.runtime import derive_rng, derive_seed, resolve_device, seed_everything
 from hpmcore.training.bank import FeatureBank, FeatureBankError, VideoFeatures, stack_videos
@@ -70,7 +88,6 @@ from hpmcore.training.checkpoints import (
     LAST,
     CheckpointError,
     compare_fingerprints,
-    digest,
     load_model_state,
     load_weights,
     model_fingerprint,
@@ -79,7 +96,9 @@ from hpmcore.training.checkpoints import (
     rng_state,
     save_checkpoint,
 )
+from hpmcore.training.distributed import World, current_world
 from hpmcore.training.evaluate import EvalPlan, evaluate_model, plan_evaluation
+from hpmcore.training.frames import FrameBank, PairFrames, VideoFrames, pair_loader, view_batches
 from hpmcore.training.losses import LossTerms
 from hpmcore.training.metrics import rho_for_selection
 from hpmcore.training.protocol import InputSpec, PairModel, PairTargets, check_pair_model
@@ -103,7 +122,11 @@ BETAS = (0.9, 0.999)
 EPS = 1e-8
 VAL_KEYS = ("rho", "l2", "rl2", "rl2_x100", "tiou", "aiou_50", "aiou_75")
 """Validation metrics reported per epoch as ``val_<key>``."""
-_NOT_FINGERPRINTED = ("device",)
+_NOT_FINGERPRINTED = ("device", "num_workers", "activation_checkpointing")
+"""Training keys that change how fast a run goes (or where), not what it computes."""
+_END_TO_END_ONLY = ("mode", "augment", "flip_pose")
+"""Training keys that only an end-to-end run records (a cached run's fingerprint, hence its checkpoints,
+stays what it was before they existed)."""
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -189,29 +212,16 @@ def build_optimizer(model: PairModel, cfg: TrainConfig) -> torch.optim.Adam:
 # What a run is a function of
 
 
-def _data_digest(bank: FeatureBank, split: str) -> str:
-    """SHA-256 of a split's labels and, for the videos the bank holds, their feature tensors."""
-    h = hashlib.sha256()
-    for vid in bank.split_ids(split):
-        row = bank.label(vid)
-        h.update(digest([row[k] for k in ("id", "dive_number", "difficulty", "final_score")]).encode())
-        v = bank.videos.get(vid)
-        if v is None:
-            continue
-        for t in (v.i3d, v.static, v.skeleton, v.transitions):
-            h.update(b"-" if t is None else t.detach().cpu().contiguous().numpy().tobytes())
-        h.update(repr(v.splash).encode())
-    return h.hexdigest()
-
-
 def run_fingerprint(model: PairModel, cfg: TrainConfig, seed: int, bank: FeatureBank) -> dict[str, Any]:
-    """What a training run's result is a function of (except the device): model, training config, seed
-    and the train/val data (labels and feature tensors)."""
+    """What a training run's result is a function of (except the device and speed-only keys): model,
+    training config, seed and the train/val data (labels and feature tensors, or the decoded frames'
+    content keys; :meth:`~hpmcore.training.bank.FeatureBank.digest`)."""
+    skip = _NOT_FINGERPRINTED + (_END_TO_END_ONLY if cfg.mode == "cached" else ())
     return {
         "model": model_fingerprint(model),
-        "train": {k: v for k, v in asdict(cfg).items() if k not in _NOT_FINGERPRINTED},
+        "train": {k: v for k, v in asdict(cfg).items() if k not in skip},
         "seed": int(seed),
-        "data": {"train": _data_digest(bank, "train"), "val": _data_digest(bank, "val")},
+        "data": {"train": bank.digest("train"), "val": bank.digest("val")},
     }
 
 
@@ -221,10 +231,11 @@ def run_fingerprint(model: PairModel, cfg: TrainConfig, seed: int, bank: Feature
 
 @dataclass
 class _Data:
-    """The train split stacked once on the device, with targets and optional labels."""
+    """The train split's targets and optional labels on the device, and in cached mode its inputs."""
 
     ids: list[str]
-    inputs: VideoInputs
+    inputs: VideoInputs | None
+    """Cached mode: the whole train split stacked once; end to end: ``None`` (frames are read per step)."""
     targets: torch.Tensor  # (N,) score or completeness
     dn_labels: torch.Tensor | None = None  # (N,) class ids
     splash: torch.Tensor | None = None  # (N,)
@@ -232,6 +243,7 @@ class _Data:
 
     def select(self, rows: torch.Tensor) -> VideoInputs:
         v = self.inputs
+        assert v is not None  # cached mode
         return VideoInputs(
             i3d=v.i3d[rows],
             static=None if v.static is None else v.static[rows],
@@ -269,12 +281,12 @@ def _dive_number_labels(videos: list[VideoFeatures], spec: InputSpec) -> torch.T
 
 
 def _train_data(
-    model: PairModel, videos: list[VideoFeatures], cfg: TrainConfig, device: torch.device
+    model: PairModel, videos: list[Any], cfg: TrainConfig, device: torch.device, *, frames: bool = False
 ) -> _Data:
-    """Inputs and targets of the train split, checked (DD > 0 in DD mode; some ground truth when the
-    model uses it)."""
+    """Targets of the train split (and its stacked inputs in cached mode), checked (DD > 0 in DD mode;
+    some ground truth when the model uses it)."""
     spec = model.input_spec("train")
-    inputs = stack_videos(videos, spec).to(device)
+    inputs = None if frames else stack_videos(videos, spec).to(device)
     scores = torch.tensor([v.score for v in videos], dtype=torch.float32)
     if cfg.dd_mode:
         dds = torch.tensor([v.difficulty for v in videos], dtype=torch.float32)
@@ -315,6 +327,101 @@ def _losses(model: PairModel, out: Any, data: _Data, qi: torch.Tensor, ei: torch
     return model.pair_loss(out, data.targets_of(qi, ei))
 
 
+class _PairStep(nn.Module):
+    """One training forward: the pair model on a batch and its loss → ``(total, {term: value})``.
+
+    The loss is computed inside the module so that, under ``DistributedDataParallel``, the graph DDP
+    follows from its output reaches exactly the parameters the loss depends on (outputs the loss does not
+    use, e.g. dive-number logits with β = 0, would otherwise leave gradients DDP waits for)."""
+
+    def __init__(self, model: PairModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, query: Any, exemplar: Any, data: _Data, qi: torch.Tensor, ei: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.model(query, exemplar)
+        terms = _losses(self.model, out, data, qi, ei)
+        return terms.total, terms.scalars()
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """This rank's share of one global batch of pairs, on the device."""
+
+    qi: torch.Tensor
+    """``(b,)`` rows (of the train split) of the queries."""
+    ei: torch.Tensor
+    """``(b,)`` rows of their exemplars."""
+    query: Any
+    """:class:`VideoInputs` (cached) or :class:`~hpmcore.models.end_to_end.FrameInputs` of the queries."""
+    exemplar: Any
+    weight: float
+    """Loss weight: this rank's share of the batch × world size (1.0 in one process)."""
+    count: int
+    """Pairs of the batch this rank accounts for (0 for a rank left without any)."""
+
+
+def _epoch_batches(
+    data: _Data,
+    order: torch.Tensor,
+    partner_rows: torch.Tensor,
+    cfg: TrainConfig,
+    world: World,
+    device: torch.device,
+    frames: _FrameEpoch | None,
+) -> Iterator[_Batch]:
+    """The epoch's batches: pair ``p`` of the epoch is query ``order[p]`` with exemplar
+    ``partner_rows[order[p]]``; global batches of ``cfg.batch_size`` consecutive pairs, sharded over the
+    ranks (:meth:`World.shard`)."""
+    n = len(data.ids)
+    shards = [world.shard(torch.arange(i, min(i + cfg.batch_size, n))) for i in range(0, n, cfg.batch_size)]
+    if frames is None:
+        for pos, weight, count in shards:
+            qi = order[pos]
+            qd, ed = qi.to(device), partner_rows[qi].to(device)
+            yield _Batch(qd, ed, data.select(qd), data.select(ed), weight, count)
+        return
+    dataset = frames.dataset(order, partner_rows)
+    loader = pair_loader(
+        dataset,
+        [pos.tolist() for pos, _, _ in shards],
+        workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    for (pos, query, exemplar), (_, weight, count) in zip(loader, shards, strict=True):
+        qi = order[pos]
+        qd, ed = qi.to(device), partner_rows[qi].to(device)
+        yield _Batch(qd, ed, query.to(device), exemplar.to(device), weight, count)
+
+
+@dataclass(frozen=True)
+class _FrameEpoch:
+    """End-to-end mode: how an epoch's training views are made."""
+
+    bank: FrameBank
+    videos: list[VideoFrames]
+    """The train split, in data order."""
+    spec: InputSpec
+    seed: int
+    epoch: int
+    cfg: TrainConfig
+
+    def dataset(self, order: torch.Tensor, partner_rows: torch.Tensor) -> PairFrames:
+        rows = order.tolist()
+        return PairFrames(
+            self.bank,
+            [self.videos[r] for r in rows],
+            [self.videos[int(partner_rows[r])] for r in rows],
+            seed=self.seed,
+            epoch=self.epoch,
+            spec=self.spec,
+            augment=self.cfg.augment,
+            flip_pose=self.cfg.flip_pose,
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # One run: plan, resume, optimisation state, epochs
 
@@ -344,11 +451,29 @@ class _Plan:
     """Everything checked before anything is written."""
 
     train_ids: list[str]
-    videos: list[VideoFeatures]
+    videos: list[Any]
+    """The train split's :class:`VideoFeatures` (cached) or :class:`VideoFrames` (end to end)."""
     pool: ExemplarPool
     val_cfg: EvalConfig
     val_plan: EvalPlan | None
     fingerprint: dict[str, Any]
+
+
+def _check_mode(model: PairModel, bank: FeatureBank, cfg: TrainConfig) -> bool:
+    """Whether the run reads frames (end to end); the model, the bank and ``train.mode`` must agree."""
+    frames = isinstance(bank, FrameBank)
+    model_frames = model.input_spec("train").num_frames is not None
+    if cfg.mode == "end_to_end" and not (frames and model_frames):
+        raise ConfigError(
+            "train.mode is end_to_end: it needs a frame bank (hpmcore.training.frames) and a model that "
+            f"reads frames, got {type(bank).__name__} and {type(model).__name__}"
+        )
+    if cfg.mode == "cached" and (frames or model_frames):
+        raise ConfigError(
+            f"train.mode is cached: it needs cached features and a model on them, got {type(bank).__name__} "
+            f"and {type(model).__name__} (set train.mode: end_to_end)"
+        )
+    return frames
 
 
 def _plan(model: PairModel, bank: FeatureBank, cfg: TrainConfig, seed: int) -> _Plan:
@@ -390,6 +515,28 @@ def _resume_state(
             return None
         if path == last and resume:
             state = stored
+    return state
+
+
+def _resume_state_everywhere(
+    world: World, folder: Path, fingerprint: dict[str, Any], *, resume: bool, restart_on_mismatch: bool
+) -> dict[str, Any] | None:
+    """:func:`_resume_state` decided by rank 0 (which alone deletes mismatched checkpoints); the other
+    ranks then read the same ``last.pt``, or raise rank 0's error."""
+    if not world.distributed:
+        return _resume_state(folder, fingerprint, resume=resume, restart_on_mismatch=restart_on_mismatch)
+    state, outcome = None, None
+    if world.is_main:
+        try:
+            state = _resume_state(folder, fingerprint, resume=resume, restart_on_mismatch=restart_on_mismatch)
+            outcome = state is not None
+        except Exception as exc:  # re-raised on every rank
+            outcome = exc
+    outcome = world.broadcast(outcome)
+    if isinstance(outcome, Exception):
+        raise outcome
+    if outcome and not world.is_main:
+        state = read_checkpoint(folder / LAST, training_state=True)
     return state
 
 
@@ -460,12 +607,24 @@ class _Selection:
 
 
 def _restore(
-    model: PairModel, optimization: _Optimization, state: dict[str, Any], path: Path
+    model: PairModel, optimization: _Optimization, state: dict[str, Any], path: Path, world: World
 ) -> tuple[_Selection, int]:
-    """Model, optimisation state, RNG states and selection from ``last.pt``; the next epoch."""
+    """Model, optimisation state, RNG states (this rank's) and selection from ``last.pt``; the next epoch."""
     load_model_state(path, model, state["model"])
     optimization.restore(state, path)
-    restore_rng_state(state["rng"], path)
+    ranks = state.get("rng_ranks")
+    if world.distributed and isinstance(ranks, list) and len(ranks) == world.size:
+        restore_rng_state(ranks[world.rank], path)
+    else:
+        if (world.distributed or ranks is not None) and world.is_main:
+            log.warning(
+                "%s was written by %d process(es), resuming with %d: every rank restores rank 0's RNG "
+                "state, so the run is not the one it would have been uninterrupted",
+                path,
+                len(ranks) if isinstance(ranks, list) else 1,
+                world.size,
+            )
+        restore_rng_state(state["rng"], path)
     selection = _Selection(
         list(state["history"]), state["best_epoch"], state["best_val_rho"], state["best_val"]
     )
@@ -474,38 +633,43 @@ def _restore(
 
 
 def _train_epoch(
+    step_module: nn.Module,
     model: PairModel,
     data: _Data,
     plan: _Plan,
     optimization: _Optimization,
     cfg: TrainConfig,
+    world: World,
     *,
     seed: int,
     epoch: int,
+    frames: _FrameEpoch | None,
 ) -> dict[str, float]:
-    """One pass over the train split in batches of pairs; the mean of each loss term."""
+    """One pass over the train split in batches of pairs; the mean of each loss term (over all ranks)."""
     n, device = len(data.ids), data.targets.device
     order = torch.from_numpy(derive_rng(seed, "shuffle", epoch).permutation(n))
     partners = draw_pairs(plan.pool, plan.train_ids, mode=cfg.pairing, seed=derive_seed(seed, "pairs", epoch))
     partner_rows = torch.tensor([data.index[p] for p in partners], dtype=torch.long)
     model.train()
     sums: dict[str, float] = defaultdict(float)
-    for step, i in enumerate(range(0, n, cfg.batch_size)):
-        qi = order[i : i + cfg.batch_size]
-        qd, ed = qi.to(device), partner_rows[qi].to(device)
+    for step, batch in enumerate(_epoch_batches(data, order, partner_rows, cfg, world, device, frames)):
         with optimization.autocast():
-            out = model(data.select(qd), data.select(ed))
-            terms = _losses(model, out, data, qd, ed)
-        if not bool(torch.isfinite(terms.total)):
+            total, scalars = step_module(batch.query, batch.exemplar, data, batch.qi, batch.ei)
+        if not world.all_true(bool(torch.isfinite(total))):
             raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step}")
         optimization.optimizer.zero_grad(set_to_none=True)
-        optimization.scaler.scale(terms.total).backward()
+        loss = total if batch.weight == 1.0 else total * batch.weight
+        optimization.scaler.scale(loss).backward()
         optimization.scaler.step(optimization.optimizer)
         optimization.scaler.update()
-        for name, value in terms.scalars().items():
-            sums[name] += value * len(qi)
+        for name, value in scalars.items():
+            sums[name] += value * batch.count
     optimization.scheduler.step()
-    return {"loss" if name == "total" else f"loss_{name}": total / n for name, total in sums.items()}
+    names = list(sums)
+    totals = world.sum([sums[name] for name in names])
+    return {
+        "loss" if name == "total" else f"loss_{name}": t / n for name, t in zip(names, totals, strict=True)
+    }
 
 
 def _validate(
@@ -526,10 +690,18 @@ def _save_epoch(
     model: PairModel,
     optimization: _Optimization,
     selection: _Selection,
+    world: World,
     *,
     improved: bool,
 ) -> None:
-    """``best.pt`` (when the epoch is the new best), then ``last.pt``."""
+    """``best.pt`` (when the epoch is the new best), then ``last.pt``, by rank 0 (every rank's RNG states
+    in ``rng_ranks`` when distributed); the other ranks wait until they are written."""
+    extra: dict[str, Any] = {}
+    if world.distributed:
+        extra = {"rng_ranks": world.all_gather(rng_state()), "world_size": world.size}
+    if not world.is_main:
+        world.barrier()
+        return
     meta = {"format": CHECKPOINT_FORMAT, "config": fingerprint, "epoch": epoch}
     if improved:
         save_checkpoint({**meta, "model": model.state_dict(), "val": selection.best_val}, folder / BEST)
@@ -543,9 +715,11 @@ def _save_epoch(
             "best_epoch": selection.best_epoch,
             "best_val_rho": selection.best_rho,
             "best_val": selection.best_val,
+            **extra,
         },
         folder / LAST,
     )
+    world.barrier()
 
 
 def train(
@@ -592,34 +766,67 @@ def train(
     """
     cfg.validate()
     check_pair_model(model)
+    world = current_world()
+    reads_frames = _check_mode(model, bank, cfg)
     folder = Path(checkpoint_dir)
     plan = _plan(model, bank, cfg, seed)
-    state = _resume_state(folder, plan.fingerprint, resume=resume, restart_on_mismatch=restart_on_mismatch)
+    state = _resume_state_everywhere(
+        world, folder, plan.fingerprint, resume=resume, restart_on_mismatch=restart_on_mismatch
+    )
     device = resolve_device(cfg.device, param="train.device")
     model.to(device)
     optimization = _Optimization.build(model, cfg, device)
     if state is not None:
-        selection, start = _restore(model, optimization, state, folder / LAST)
+        selection, start = _restore(model, optimization, state, folder / LAST, world)
     else:
         seed_everything(seed)
         selection, start = _Selection(), 0
-    data = _train_data(model, plan.videos, cfg, device)
-    if state is None:
-        model.fit_input_norm(data.inputs)  # train-split statistics; restored from last.pt on resume
+    data = _train_data(model, plan.videos, cfg, device, frames=reads_frames)
+    spec = model.input_spec("train")
+    if state is None:  # train-split statistics; restored from last.pt on resume
+        if reads_frames:
+            model.fit_input_norm(view_batches(bank, plan.videos, spec, 2 * cfg.batch_size))  # type: ignore[arg-type]
+        else:
+            model.fit_input_norm(data.inputs)  # type: ignore[arg-type]
+    if cfg.activation_checkpointing:
+        if isinstance(model, EndToEndHPMCoRe):
+            model.set_activation_checkpointing(True)
+        else:
+            log.info("train.activation_checkpointing: no encoders to checkpoint in cached mode, ignored")
+    step_module: nn.Module = _PairStep(model)  # type: ignore[arg-type]
+    if world.distributed:
+        step_module = DistributedDataParallel(step_module, find_unused_parameters=True)
+    main = world.is_main
     seconds = 0.0
-    bar = tqdm(total=cfg.epochs, initial=start, desc="train", unit="epoch", disable=not progress)
+    bar = tqdm(total=cfg.epochs, initial=start, desc="train", unit="epoch", disable=not (progress and main))
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         lr = cfg.lr * lr_factor(epoch, schedule=cfg.schedule, t_max=cfg.t_max, epochs=cfg.epochs)
         metrics: dict[str, float] = {"epoch": float(epoch), "lr": lr}
-        metrics.update(_train_epoch(model, data, plan, optimization, cfg, seed=seed, epoch=epoch))
+        frames = _FrameEpoch(bank, plan.videos, spec, seed, epoch, cfg) if reads_frames else None  # type: ignore[arg-type]
+        metrics.update(
+            _train_epoch(
+                step_module,
+                model,
+                data,
+                plan,
+                optimization,
+                cfg,
+                world,
+                seed=seed,
+                epoch=epoch,
+                frames=frames,
+            )
+        )
         val = _validate(model, bank, plan, cfg, seed)
         for key in VAL_KEYS if val is not None else ():
             metrics[f"val_{key}"] = math.nan if val.get(key) is None else float(val[key])
         improved = selection.record(metrics, val)
         epoch_seconds = time.perf_counter() - t0
         seconds += epoch_seconds
-        _save_epoch(folder, plan.fingerprint, epoch, model, optimization, selection, improved=improved)
+        _save_epoch(folder, plan.fingerprint, epoch, model, optimization, selection, world, improved=improved)
+        if not main:
+            continue
         log.info(
             "epoch %d/%d: loss %.4f, val rho %.4f (best %.4f @ %d), lr %.3g, %.1f s",
             epoch,
@@ -638,7 +845,7 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch, {**metrics, "epoch_seconds": epoch_seconds})
     bar.close()
-    if start >= cfg.epochs:
+    if start >= cfg.epochs and world.is_main:
         log.info("%s: training already complete (%d epochs)", folder / LAST, cfg.epochs)
     load_weights(folder / BEST, model)
     model.eval()
