@@ -2,6 +2,8 @@
 
 hpmcore data inspect --format {finediving,mtl-aqa,canonical} PATH... [--json]
 hpmcore synth --out DIR [--num-dives N] [--seed S] [--params params.yaml] [--no-render]
+hpmcore tune --trials N [--objective exec_rho|rho] [--seeds S] [--study NAME] [--space FILE] [--restart]
+(tune: validation split only; see hpmcore.training.tune and `hpmcore tune --help`)
 """
 
 from __future__ import annotations
@@ -86,10 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-render", action="store_true", help="annotations and skeletons only, no mp4")
     synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     synth.set_defaults(func=_synth)
+    # `tune` has its own parser (hpmcore.training.tune.main, which main() calls before this one), so
+    # that other commands do not import torch and optuna; listed here for `hpmcore --help`
+    sub.add_parser("tune", help="search model/train params on the validation split only (Optuna, MLflow)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["tune"]:
+        from hpmcore.training.tune import main as tune_main
+
+        return tune_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging()
     try:

@@ -17,7 +17,9 @@
 - :mod:`~hpmcore.training.baselines`: predictors from the annotation table alone (DD only, dive-number
   mean).
 - :mod:`~hpmcore.training.compare`: HP-MCoRe, its ablations and the baselines, trained and evaluated
-  alike (the comparison table).
+  alike over several training seeds, with paired bootstrap intervals of Δρ (the comparison table).
+- :mod:`~hpmcore.training.tune`: the search of model/train params on the validation split only
+  (``hpmcore tune``; Optuna, each trial logged to MLflow).
 - :mod:`~hpmcore.training.runs`: training and comparison runs from ``params.yaml`` on the pipeline's
   folders (what the ``train`` and ``compare`` stages call).
 

@@ -247,16 +247,17 @@ class SeedResult:
     best_epoch: int | None
     evaluation: Evaluation
 
-
-def _seed_result(ev: Evaluation, seed: int | None, best_epoch: int | None) -> SeedResult:
-    pred = np.array([r["pred"] for r in ev.rows], dtype=np.float64)
-    true = np.array([r["true"] for r in ev.rows], dtype=np.float64)
-    dd = np.array([r["difficulty"] for r in ev.rows], dtype=np.float64)
-    metrics = prediction_metrics(pred, true, dd)
-    for key in ("tiou", "aiou_50", "aiou_75"):
-        value = ev.metrics.get(key)
-        metrics[key] = math.nan if value is None else float(value)
-    return SeedResult(seed, pred, metrics, best_epoch, ev)
+    @classmethod
+    def of(cls, ev: Evaluation, seed: int | None, best_epoch: int | None) -> SeedResult:
+        """The voter-averaged predictions of an evaluation and their :data:`SEED_METRICS`."""
+        pred = np.array([r["pred"] for r in ev.rows], dtype=np.float64)
+        true = np.array([r["true"] for r in ev.rows], dtype=np.float64)
+        dd = np.array([r["difficulty"] for r in ev.rows], dtype=np.float64)
+        metrics = prediction_metrics(pred, true, dd)
+        for key in ("tiou", "aiou_50", "aiou_75"):
+            value = ev.metrics.get(key)
+            metrics[key] = math.nan if value is None else float(value)
+        return cls(seed, pred, metrics, best_epoch, ev)
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
@@ -344,7 +345,7 @@ def run_comparison(
                     if isinstance(variant, DiveNumberMean)
                     else dd_only(bank, split)
                 )
-                results[name] = [_seed_result(ev, None, None)]
+                results[name] = [SeedResult.of(ev, None, None)]
                 num_params[name] = 0
                 seconds[name] = {"train": 0.0, "total": round(time.perf_counter() - t0, 2)}
                 continue
@@ -368,7 +369,7 @@ def run_comparison(
                 ev = evaluate_model(
                     model, bank, split, eval_cfg, seed=seed, dd_mode=train_cfg.dd_mode, progress=progress
                 )
-                per_seed.append(_seed_result(ev, s, result.best_epoch))
+                per_seed.append(SeedResult.of(ev, s, result.best_epoch))
                 train_total += result.train_seconds
                 timing.append({"seed": s, "train": round(result.train_seconds, 2),
                                "total": round(time.perf_counter() - t1, 2)})  # fmt: skip
