@@ -20,6 +20,7 @@ from hpmcore.cli import main as cli_main
 from hpmcore.config import ConfigError, EvalConfig, ModelConfig, Params, TrainConfig
 from hpmcore.data.canonical import DatasetError, read_annotations
 from hpmcore.training.bank import FeatureBank, FeatureBankError, synthetic_feature_bank
+from hpmcore.training.frames import FrameBank, synthetic_frame_bank
 from hpmcore.training.tune import (
     DEFAULT_SPACE,
     Dimension,
@@ -206,3 +207,17 @@ def test_tune_command_on_pipeline_outputs_whose_test_labels_are_nan(
     capsys.readouterr()
     assert main([*args, "--objective", "rho"]) == 2
     assert "other settings (objective)" in capsys.readouterr().err
+
+
+def test_tuning_end_to_end_on_a_frame_bank() -> None:
+    """train.mode end_to_end: the trials train the train stage's model (encoders and heads) on frames."""
+    frames = synthetic_frame_bank({"train": 4, "val": 2, "test": 2}, height=20, width=16, crop_size=16)
+    kept = validation_bank(frames)
+    assert isinstance(kept, FrameBank) and kept.encoders == frames.encoders and kept.split_ids("test") == []
+    params = replace(
+        PARAMS,
+        train=replace(PARAMS.train, mode="end_to_end", batch_size=2, num_workers=0),
+        eval=replace(PARAMS.eval, exemplars=2),
+    )
+    result = tune(frames, params, trials=1, space=(Dimension("train.lr", "float", low=1e-4, high=1e-3),))
+    assert result.best.number == 0 and result.best.metrics["best_epochs"] == [0]

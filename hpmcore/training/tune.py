@@ -6,8 +6,9 @@
 - **Never the test split.** The dives table is read with a filter that keeps the train and validation
   rows only (:func:`read_tuning_dives`): test rows — their labels, and their features, which are not
   loaded — never reach the tuner; the bank it gets holds train and val only (:func:`validation_bank`, also
-  applied to any bank passed to :func:`tune`). A trial trains on train (epoch selection on val, as the
-  ``train`` stage) and is scored on val with the evaluation protocol of ``params.eval``.
+  applied to any bank passed to :func:`tune`). A trial trains the ``train`` stage's model on train
+  (epoch selection on val; on cached features, or end to end on the decoded frames with ``train.mode:
+  end_to_end``) and is scored on val with the evaluation protocol of ``params.eval``.
 - **Objective** (``--objective``, default ``exec_rho``): validation **execution ρ**, Spearman's ρ of
   ``predicted / DD`` against ``true / DD`` (voter-averaged predictions), mean over ``--seeds`` training
   seeds. Why not the final-score ρ: the degree of difficulty is an input, and DD × a constant alone
@@ -59,11 +60,11 @@ import yaml
 
 from hpmcore.config import ConfigError, Params, from_dict, load_params, params_to_dict
 from hpmcore.data.canonical import DatasetError
-from hpmcore.models.hpmcore import build_hpmcore
 from hpmcore.runtime import derive_seed
 from hpmcore.training.bank import FeatureBank, FeatureBankError, pipeline_bank
 from hpmcore.training.compare import SeedResult, training_seeds
 from hpmcore.training.evaluate import evaluate_model
+from hpmcore.training.runs import build_model
 from hpmcore.training.train import train
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def validation_bank(bank: FeatureBank) -> FeatureBank:
     ids = set(table.column("id").to_pylist())
     videos = {i: v for i, v in bank.videos.items() if i in ids}
     skipped = tuple(d for d in bank.skipped if d.split in TUNING_SPLITS)
-    out = FeatureBank(videos, table, bank.dims, skipped)
+    out = dataclasses.replace(bank, videos=videos, table=table, skipped=skipped)  # a FrameBank stays one
     if set(out.table.column("split").to_pylist()) - set(TUNING_SPLITS):
         raise AssertionError("validation_bank kept a split other than train/val")  # a bug, never data
     return out
@@ -288,11 +289,20 @@ def params_snippet(values: Mapping[str, Any]) -> str:
     return yaml.safe_dump(nested, sort_keys=True, default_flow_style=False)
 
 
-def score_trial(bank: FeatureBank, params: Params, seeds: Sequence[int], objective: str) -> dict[str, Any]:
+def score_trial(
+    bank: FeatureBank,
+    params: Params,
+    seeds: Sequence[int],
+    objective: str,
+    *,
+    project_dir: Path = Path("."),
+) -> dict[str, Any]:
     """Train HP-MCoRe of ``params`` once per training seed (train split, epoch selection on val) and
     score it on val with ``params.eval``; the metrics are means over seeds (NaN where undefined).
 
-    ``bank`` must be a :func:`validation_bank`.
+    The model is the ``train`` stage's (:func:`hpmcore.training.runs.build_model`: on cached features, or
+    end to end on a frame bank, encoder weights relative to ``project_dir``) with the heads initialised
+    from the training seed. ``bank`` must be a :func:`validation_bank`.
     """
     if bank.split_ids("test"):
         raise AssertionError("score_trial got a bank with test dives")  # a bug, never data
@@ -300,7 +310,7 @@ def score_trial(bank: FeatureBank, params: Params, seeds: Sequence[int], objecti
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hpmcore-tune-") as tmp:
         for s in seeds:
-            model = build_hpmcore(bank.fill(params.model), seed=s)
+            model = build_model(dataclasses.replace(params, seed=s), bank, project_dir=project_dir)
             result = train(
                 model, bank, params.train, seed=s, checkpoint_dir=Path(tmp) / f"seed-{s}", progress=False
             )
@@ -362,6 +372,7 @@ def tune(
     space: Sequence[Dimension] = DEFAULT_SPACE,
     restart: bool = False,
     on_trial: Callable[[TrialRecord], None] | None = None,
+    project_dir: Path = Path("."),
 ) -> TuneResult:
     """Run ``trials`` more trials of the study ``study_name`` (module docstring) and return its best.
 
@@ -377,6 +388,7 @@ def tune(
         space: the searched params.
         restart: delete an existing study of that name first.
         on_trial: called after each trial (e.g. to log it to MLflow).
+        project_dir: where the features stage's encoder weights paths are relative to (end to end).
 
     Raises:
         TuneError: a bad objective, space or trial count, a study with other settings, no finished trial.
@@ -423,7 +435,7 @@ def tune(
     def run(trial: optuna.Trial) -> float:
         values = {d.key: d.suggest(trial) for d in space}
         trial_params = apply_overrides(params, values)
-        metrics = score_trial(bank, trial_params, run_seeds, objective)
+        metrics = score_trial(bank, trial_params, run_seeds, objective, project_dir=project_dir)
         for key, value in metrics.items():
             trial.set_user_attr(key, value if not isinstance(value, float) or math.isfinite(value) else None)
         value = metrics["objective"]
@@ -485,8 +497,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     """Run the ``tune`` command; 0 on success, 2 for bad input (a message naming the file or key)."""
     from hpmcore.extraction.cache import ManifestError
+    from hpmcore.models.checkpoints import CheckpointError
     from hpmcore.tracking import default_state_dir
     from hpmcore.tracking import mlflow as tracking
+    from hpmcore.training.frames import pipeline_frame_bank
 
     state = args.state_dir or default_state_dir(args.params.resolve().parent)
     storage = f"sqlite:///{(Path(state) / 'optuna.db').resolve()}"
@@ -497,8 +511,9 @@ def run_cli(args: argparse.Namespace) -> int:
             dives = read_tuning_dives(args.dives, Path(tmp) / "dives.parquet")
             splash = params.model.splash_weight > 0  # the latents table is read only when the loss needs it
             root = params.data.root_path(args.params.parent) if splash else None
-            bank = pipeline_bank(dives, args.decoded, args.features, args.pose, data_root=root)
-    except (ConfigError, DatasetError, ManifestError, TuneError) as exc:
+            load = pipeline_frame_bank if params.train.mode == "end_to_end" else pipeline_bank
+            bank = load(dives, args.decoded, args.features, args.pose, data_root=root)
+    except (ConfigError, DatasetError, ManifestError, CheckpointError, TuneError) as exc:
         print(f"hpmcore tune: error: {exc}", file=sys.stderr)
         return 2
     Path(state).mkdir(parents=True, exist_ok=True)
@@ -523,8 +538,9 @@ def run_cli(args: argparse.Namespace) -> int:
             space=space,
             restart=args.restart,
             on_trial=log_trial,
+            project_dir=args.params.parent,
         )
-    except (ConfigError, DatasetError, TuneError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, TuneError) as exc:
         print(f"hpmcore tune: error: {exc}", file=sys.stderr)
         return 2
     best = result.best
