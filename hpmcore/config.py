@@ -370,6 +370,10 @@ class ModelConfig:
     """How the skeleton enters PoseAttn (§7.2): ``bias`` (reference) only as the additive prior on the
     attention logits; ``tokens`` (a deviation) also adds the projected skeleton tokens to the stage's I3D
     tokens before the block, so what the skeleton shows can reach the regressors directly."""
+    segmenter_input: Literal["static", "static+skeleton"] = "static"
+    """What the segmenter's BiGRU reads (§5.1): ``static`` (reference) the per-frame static features;
+    ``static+skeleton`` (a deviation) those concatenated with HD-GCN's per-frame ``F_sk``, so the stage
+    transitions can be read off the body's motion (needs the skeleton)."""
     use_static: bool = True
     """False: no static branch, Δ = Δ_fu (ablation)."""
     use_segmentation: bool = True
@@ -414,6 +418,12 @@ class ModelConfig:
             raise ConfigError(
                 f"model needs num_frames >= 3 and clip_stride >= 1, got {self.num_frames}, {self.clip_stride}"
             )
+        if self.segmenter_input not in ("static", "static+skeleton"):
+            raise ConfigError(
+                f"model.segmenter_input must be 'static' or 'static+skeleton', got {self.segmenter_input!r}"
+            )
+        if self.segmenter_input == "static+skeleton" and not self.use_skeleton:
+            raise ConfigError("model.segmenter_input: static+skeleton needs model.use_skeleton: true")
         if self.pose_fusion not in ("bias", "tokens"):
             raise ConfigError(f"model.pose_fusion must be 'bias' or 'tokens', got {self.pose_fusion!r}")
         if self.decode not in ("halves", "joint"):

@@ -306,3 +306,40 @@ def test_swapping_query_and_exemplar_negates_delta_after_training() -> None:
     magnitude = float(forward.delta_qe.abs().mean())  # ~16 points
     assert float((forward.delta_qe + swapped.delta_qe).abs().mean()) < 0.1 * magnitude
     assert float((forward.delta_qe - (SCORES[qi] - SCORES[ei])).abs().mean()) < 0.1 * magnitude
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Deviation switches: pose_fusion and segmenter_input
+
+
+def test_segmenter_reads_the_skeleton_only_with_static_plus_skeleton() -> None:
+    v = _videos(3, seed=4)
+    moved = VideoInputs(i3d=v.i3d, static=v.static, skeleton=v.skeleton + 5.0, transitions=v.transitions)
+    for source, should_change in (("static", False), ("static+skeleton", True)):
+        cfg = ModelConfig.tiny(segmenter_input=source)
+        model = build_hpmcore(cfg, seed=0).eval()
+        want = cfg.static_dim + (2 * cfg.skeleton_channels if should_change else 0)
+        assert model.segmenter is not None and model.segmenter.gru.input_size == want
+        a, b = model.encode(v).seg_logits, model.encode(moved).seg_logits
+        assert a is not None and b is not None
+        assert (not torch.allclose(a, b)) is should_change, source
+    with pytest.raises(ValueError, match="static\\+skeleton needs model.use_skeleton"):
+        ModelConfig.tiny(segmenter_input="static+skeleton", use_skeleton=False).validate()
+
+
+def test_pose_tokens_add_the_skeleton_content_to_the_fused_tokens() -> None:
+    v = _videos(3, seed=5)
+    skeleton = v.skeleton.clone()
+    skeleton[0] = torch.randn(skeleton[0].shape, generator=torch.Generator().manual_seed(9))  # another body
+    moved = VideoInputs(i3d=v.i3d, static=v.static, skeleton=skeleton, transitions=v.transitions)
+    for mode in ("bias", "tokens"):
+        model = build_hpmcore(ModelConfig.tiny(pose_fusion=mode), seed=0).train()
+        assert (model.fusion[0].pose_embed is not None) is (mode == "tokens")
+        # w_pose starts at 0.001, so with the bias alone the skeleton barely moves the fused tokens
+        a = model.encode(v, use_gt=True).fused[0]
+        b = model.encode(moved, use_gt=True).fused[0]
+        change = (a - b).abs().max().item()
+        if mode == "bias":
+            assert change < 1e-2
+        else:
+            assert change > 0.1

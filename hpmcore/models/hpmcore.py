@@ -204,7 +204,7 @@ class HPMCoRe(nn.Module):
             else None
         )
         self.segmenter = (
-            build_spot_model(in_dim=cfg.static_dim, hidden=cfg.gru_hidden, dropout=cfg.gru_dropout)
+            build_spot_model(in_dim=self.segmenter_dim(cfg), hidden=cfg.gru_hidden, dropout=cfg.gru_dropout)
             if cfg.use_segmentation
             else None
         )
@@ -242,6 +242,12 @@ class HPMCoRe(nn.Module):
         self.regressors = nn.ModuleDict({b: build_score_mlp(dim=d) for b in branches})
         self.stage_weights = StageWeights(NUM_STAGES)
         self.splash_head = nn.Linear(d, 1) if cfg.splash_head else None
+
+    @staticmethod
+    def segmenter_dim(cfg: ModelConfig) -> int:
+        """Input width of the segmenter: the static features, plus ``F_sk`` with ``static+skeleton``."""
+        extra = 2 * cfg.skeleton_channels if cfg.segmenter_input == "static+skeleton" else 0
+        return cfg.static_dim + extra
 
     # -----------------------------------------------------------------------------------------------------
     # Per-video encoding
@@ -298,9 +304,13 @@ class HPMCoRe(nn.Module):
         device = videos.i3d.device
         gt = None if videos.transitions is None else videos.transitions.long().to(device)
 
+        sk = self.skeleton(videos.skeleton) if self.skeleton is not None else None
         seg_logits = None
         if self.segmenter is not None:
-            seg_logits = self.segmenter(videos.static)  # (N, T, 2)
+            seg_in = videos.static  # (N, T, C_static)
+            if cfg.segmenter_input == "static+skeleton" and sk is not None:
+                seg_in = torch.cat([seg_in, sk.features.transpose(1, 2)], dim=-1)  # (N, T, C_static + 2c)
+            seg_logits = self.segmenter(seg_in)  # (N, T, 2)
             with torch.no_grad():
                 predicted = decode_transitions(seg_logits.detach(), cfg.decode)  # (N, 2)
             use = torch.as_tensor(self.training if use_gt is None else use_gt, device=device).expand(n)
@@ -318,8 +328,7 @@ class HPMCoRe(nn.Module):
             transitions = predicted
 
         pose_tokens, dn_logits = None, None
-        if self.skeleton is not None:
-            sk = self.skeleton(videos.skeleton)
+        if sk is not None:
             dn_logits = sk.dn_logits  # (N, dn_classes)
             pose_tokens = seg_pool_1d(
                 sk.features.transpose(1, 2), transitions, fix_size=cfg.fix_size
