@@ -778,8 +778,8 @@ def train(
     optimization = _Optimization.build(model, cfg, device)
     if state is not None:
         selection, start = _restore(model, optimization, state, folder / LAST, world)
-    else:
-        seed_everything(seed)
+    else:  # each rank its own stream (dropout masks), rank 0 (and a single process) the seed itself
+        seed_everything(seed if world.rank == 0 else derive_seed(seed, "rank", world.rank))
         selection, start = _Selection(), 0
     data = _train_data(model, plan.videos, cfg, device, frames=reads_frames)
     spec = model.input_spec("train")
