@@ -8,8 +8,9 @@ export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+PREFECT_PORT ?= 4200
 
-.PHONY: setup run compare test lint bench
+.PHONY: setup run compare serve test lint bench
 setup:
 	@bash scripts/setup.sh $(VENV)
 
@@ -18,6 +19,10 @@ run: setup
 
 compare: setup
 	$(PY) -m flows.pipeline --compare
+
+# a Prefect server on 127.0.0.1:$(PREFECT_PORT) and the scheduled retraining deployment (flows/retrain.py)
+serve: setup
+	$(PY) -m flows.retrain serve --start-server --port $(PREFECT_PORT)
 
 test: setup
 	$(PY) -m ruff check .

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +26,19 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import pyarrow.parquet as pq
-import yaml
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 import hpmcore
+from flows.lock import LockBusy, project_lock
+from flows.registry import REGISTERED_MODEL, decide_champion, register_checkpoint
 from flows.settings import PROJECT_DIR, state_dir
 from hpmcore.config import Params, flatten, load_params, params_to_dict
 from hpmcore.extraction.cache import FAILURES, MANIFEST, TIMINGS
 from hpmcore.models.export import PairScorer
+from hpmcore.tracking import lineage
 from hpmcore.tracking import mlflow as tracking
 from hpmcore.training.checkpoints import BEST, CHECKPOINTS, model_from_checkpoint
 
@@ -44,8 +48,8 @@ EVAL_DIR = Path("data/eval")
 """The evaluate stage's output folder (``eval_dir`` in dvc.yaml)."""
 FEATURES_DIR = Path("data/features")
 COMPARE_DIR = Path("data/compare")
-REGISTERED_MODEL = "hpmcore"
-"""Name of the model in the MLflow model registry."""
+EXIT_BUSY = 3
+"""Exit status when another pipeline or retraining run holds the lock."""
 
 
 class StageFailed(RuntimeError):
@@ -197,18 +201,28 @@ def log_comparison(project_dir: Path) -> None:
         )
 
 
-def log_model_results(project_dir: Path, params: Params, lineage: dict[str, str]) -> dict[str, Any]:
-    """Log what the train and evaluate stages produced to the active MLflow run.
+def log_model_results(
+    project_dir: Path,
+    params: Params,
+    registry: tracking.Registry,
+    *,
+    tags: dict[str, str],
+    record: Callable[[], dict[str, Any]],
+) -> tracking.ModelVersion:
+    """Log what the train and evaluate stages produced to the active MLflow run, and register the
+    selected checkpoint unless a version already holds it.
 
     - per-epoch training metrics from ``data/model/history.json`` as ``train.<key>`` at step = epoch
       (losses, validation ρ/RL2/AIoU, lr);
     - the evaluation's plots data (``data/eval/*.csv``) and the training history as artifacts;
-    - the selected checkpoint as an MLflow PyTorch model (``model``) with a signature — a
-      :class:`~hpmcore.models.export.PairScorer`: flat ``[query ; exemplar]`` features → Δ — registered
-      as ``hpmcore`` with the lineage tags (git commit, ``dvc.lock`` hashes) on the model version.
+    - for a checkpoint no version holds yet: ``checkpoint/best.pt``, the lineage record
+      (``lineage/record.json``, built by ``record()``) and the checkpoint as an MLflow PyTorch model
+      (``model``) with a signature — a :class:`~hpmcore.models.export.PairScorer`: flat
+      ``[query ; exemplar]`` features → Δ — registered as a new version of ``hpmcore`` with ``tags``
+      (git commit, ``dvc.lock`` hashes, run id) and ``checkpoint.sha256``.
 
     Returns:
-        ``{"model_uri": ..., "model_version": ...}``.
+        The model version holding the checkpoint (new or not).
     """
     model_dir, eval_dir = project_dir / MODEL_DIR, project_dir / EVAL_DIR
     history = json.loads((model_dir / "history.json").read_text())
@@ -217,23 +231,42 @@ def log_model_results(project_dir: Path, params: Params, lineage: dict[str, str]
     tracking.log_file(model_dir / "train.json", "train")
     for name in ("metrics.json", "predictions.csv", "transitions.csv"):
         tracking.log_file(eval_dir / name, "evaluate")
-    model, _ = model_from_checkpoint(model_dir / CHECKPOINTS / BEST)
-    features = pq.read_table(project_dir / FEATURES_DIR / MANIFEST, columns=["num_clips"])
-    scorer = PairScorer(model, num_clips=int(features.column("num_clips")[0].as_py()))
-    example = np.zeros((2, 2 * scorer.width), dtype=np.float32)
-    info = tracking.log_torch_model(
-        scorer, example, name="model", registered_model_name=REGISTERED_MODEL, tags=lineage
-    )
-    return {"model_uri": info.model_uri, "model_version": info.registered_model_version}
+    checkpoint = model_dir / CHECKPOINTS / BEST
+
+    def log_artifacts() -> str:
+        tracking.log_file(checkpoint, "checkpoint")
+        tracking.log_dict(record(), lineage.RECORD_ARTIFACT)
+        model, _ = model_from_checkpoint(checkpoint)
+        features = pq.read_table(project_dir / FEATURES_DIR / MANIFEST, columns=["num_clips"])
+        scorer = PairScorer(model, num_clips=int(features.column("num_clips")[0].as_py()))
+        example = np.zeros((2, 2 * scorer.width), dtype=np.float32)
+        return tracking.log_torch_model(scorer, example, name="model").model_uri
+
+    version, _ = register_model(registry, checkpoint, log_artifacts, tags)
+    return version
 
 
-def dvc_outputs(lock_text: str) -> dict[str, dict[str, str]]:
-    """``{stage: {output path: md5}}`` for every stage output recorded in ``dvc.lock``."""
-    lock = yaml.safe_load(lock_text) or {}
-    return {
-        name: {out["path"]: str(out.get("md5", "")) for out in stage.get("outs") or []}
-        for name, stage in (lock.get("stages") or {}).items()
-    }
+@task(name="register-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def register_model(
+    registry: tracking.Registry,
+    checkpoint: Path,
+    log_artifacts: Callable[[], str],
+    tags: dict[str, str],
+) -> tuple[tracking.ModelVersion, bool]:
+    """:func:`flows.registry.register_checkpoint` as a task: MLflow store I/O, retried (safe: a retry
+    finds the version a failed attempt may have created, by its checkpoint hash)."""
+    return register_checkpoint(registry, checkpoint, log_artifacts=log_artifacts, tags=tags)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @flow(name="hpmcore-pipeline", log_prints=True)
@@ -243,28 +276,57 @@ def pipeline(
     force: bool = False,
     compare: bool = False,
 ) -> dict[str, Any]:
-    """Reproduce every DVC stage in order and log the run, with lineage, to MLflow.
+    """Reproduce every DVC stage in order, log the run with lineage to MLflow, register a new checkpoint
+    and decide the ``champion`` alias (:mod:`flows.registry`).
 
+    One run per state folder at a time (:func:`flows.lock.project_lock`; ``retrain.lock_wait_s``).
     With ``compare`` the comparison stage (HP-MCoRe, ablations, baselines; ``compare/dvc.yaml``) runs
     too and its table is logged.
 
     Returns:
-        ``{"run_id": MLflow run id, "stages": {name: {"ran": bool, "seconds": float}}}``.
+        ``{"run_id": MLflow run id, "stages": {name: {"ran": bool, "seconds": float}}, "model_version",
+        "model_registered", "champion", "champion_decision", "champion_reason"}`` (the model keys when the
+        pipeline trains).
+
+    Raises:
+        LockBusy: another pipeline or retraining run holds the lock.
     """
     logger = get_run_logger()
     project_dir = Path(project_dir).resolve()
     state = state_dir(project_dir)
+    params_text = (project_dir / "params.yaml").read_text()
     params = load_params(project_dir / "params.yaml")  # fail fast on a bad params file
+    with project_lock(state, what="pipeline", wait_s=params.retrain.lock_wait_s):
+        registry = tracking.Registry.at(state)
+        for run_id in registry.end_stale_runs(pid_alive):
+            logger.warning(
+                "MLflow run %s was left RUNNING by a process that no longer exists: KILLED", run_id
+            )
+        return _pipeline(project_dir, state, params, params_text, registry, experiment, force, compare)
+
+
+def _pipeline(
+    project_dir: Path,
+    state: Path,
+    params: Params,
+    params_text: str,
+    registry: tracking.Registry,
+    experiment: str,
+    force: bool,
+    compare: bool,
+) -> dict[str, Any]:
+    logger = get_run_logger()
     stages = stage_order(project_dir, compare=compare)
     logger.info("stages in order: %s", ", ".join(stages))
+    git = git_lineage(project_dir)
     tags = {
-        **git_lineage(project_dir),
+        **git,
         "hpmcore.version": hpmcore.__version__,
         "prefect.flow_run_id": str(flow_run.get_id() or ""),
     }
     with tracking.start_run(state, experiment, run_name=flow_run.get_name() or "pipeline", tags=tags) as run:
         tracking.log_params(flatten(params_to_dict(params)))
-        tracking.log_file(project_dir / "params.yaml", "lineage")
+        tracking.log_text(params_text, lineage.PARAMS_ARTIFACT)
         tracking.log_file(project_dir / "dvc.yaml", "lineage")
         reports = stage_reports(project_dir)
         results: dict[str, dict[str, Any]] = {}
@@ -276,8 +338,8 @@ def pipeline(
             tracking.set_tags({f"stage.{stage}": "ran" if result.ran else "up-to-date"})
             log_stage_reports(stage, reports.get(stage, {}))
         lock_text = (project_dir / "dvc.lock").read_text()
-        outputs = dvc_outputs(lock_text)
-        tracking.log_text(lock_text, "lineage/dvc.lock")
+        outputs = lineage.dvc_outputs(lock_text)
+        tracking.log_text(lock_text, lineage.DVC_LOCK_ARTIFACT)
         lock_sha256 = hashlib.sha256(lock_text.encode()).hexdigest()
         tracking.set_tags(
             {
@@ -285,22 +347,48 @@ def pipeline(
                 **{f"dvc.out.{path}": md5 for outs in outputs.values() for path, md5 in outs.items()},
             }
         )
-        model_info = {}
+        model_info: dict[str, Any] = {}
         if compare:
             log_comparison(project_dir)
         if "train" in stages and "evaluate" in stages:
-            lineage = {
+            version_tags = {
                 "git.commit": tags["git.commit"],
                 "dvc.lock.sha256": lock_sha256,
                 **{f"dvc.out.{p}": md5 for p, md5 in outputs.get("train", {}).items()},
                 "mlflow.run_id": run.info.run_id,
             }
-            model_info = log_model_results(project_dir, params, lineage)
+
+            def record() -> dict[str, Any]:
+                return lineage.build_record(
+                    project_dir, params, git=git, lock_text=lock_text, params_text=params_text
+                )
+
+            version = log_model_results(project_dir, params, registry, tags=version_tags, record=record)
+            decision = decide_champion(registry, project_dir, params, version)
+            model_info = {
+                "model_version": version.version,
+                "model_registered": version.run_id == run.info.run_id,
+                "champion": decision.champion,
+                "champion_decision": decision.decision,
+                "champion_reason": decision.reason,
+            }
+            tracking.set_tags(
+                {
+                    "model.version": f"{REGISTERED_MODEL}/{version.version}",
+                    "model.registered": str(model_info["model_registered"]).lower(),
+                    "champion.version": decision.champion,
+                    "champion.decision": decision.decision,
+                }
+            )
             logger.info(
-                "model logged: %s (registered %s v%s)",
-                model_info["model_uri"],
+                "model %s/%s (%s); champion %s/%s: %s (%s)",
                 REGISTERED_MODEL,
-                model_info["model_version"],
+                version.version,
+                "registered now" if model_info["model_registered"] else "checkpoint already registered",
+                REGISTERED_MODEL,
+                decision.champion,
+                decision.decision,
+                decision.reason,
             )
         prepared = {Path(p).name: project_dir / p for p in outputs["prepare"]}
         tracking.log_file(prepared["summary.json"], "dataset")
@@ -319,9 +407,13 @@ def main(argv: list[str] | None = None) -> int:
         "--compare", action="store_true", help="also train and evaluate the ablations and baselines"
     )
     args = parser.parse_args(argv)
-    result = pipeline(
-        project_dir=args.project_dir, experiment=args.experiment, force=args.force, compare=args.compare
-    )
+    try:
+        result = pipeline(
+            project_dir=args.project_dir, experiment=args.experiment, force=args.force, compare=args.compare
+        )
+    except LockBusy as exc:
+        print(f"flows.pipeline: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     print(json.dumps(result, indent=2))
     return 0
 

@@ -4,6 +4,10 @@ hpmcore data inspect --format {finediving,mtl-aqa,canonical} PATH... [--json]
 hpmcore synth --out DIR [--num-dives N] [--seed S] [--params params.yaml] [--no-render]
 hpmcore tune --trials N [--objective exec_rho|rho] [--seeds S] [--study NAME] [--space FILE] [--restart]
 (tune: validation split only; see hpmcore.training.tune and `hpmcore tune --help`)
+hpmcore lineage show --model NAME@ALIAS|NAME/VERSION|RUN_ID [--json]
+hpmcore lineage verify --model NAME@ALIAS|NAME/VERSION|RUN_ID [--json]
+hpmcore lineage models --video DIVE_ID [--json]
+(lineage: --tracking-uri URI, default the project's store .hpmcore/mlflow.db; --project-dir DIR, default .)
 """
 
 from __future__ import annotations
@@ -62,6 +66,53 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    from hpmcore.tracking import default_state_dir, lineage
+    from hpmcore.tracking.mlflow import Registry, tracking_uri
+
+    uri = args.tracking_uri or tracking_uri(default_state_dir(args.project_dir))
+    registry = Registry(uri)
+    try:
+        if args.lineage_command == "show":
+            found = lineage.show(registry, args.model)
+            print(json.dumps(found, indent=2, sort_keys=True) if args.json else lineage.format_show(found))
+            return 0
+        if args.lineage_command == "verify":
+            result = lineage.verify(registry, args.model, args.project_dir)
+            report = {**dataclasses.asdict(result), "ok": result.ok}
+            text = json.dumps(report, indent=2) if args.json else None
+            print(text or lineage.format_verification(result))
+            return 0 if result.ok else 1
+        rows = lineage.models_for_video(registry, args.video)
+    except lineage.LineageError as exc:
+        print(f"hpmcore: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no registered model version was trained, validated or evaluated on {args.video}")
+    for row in [] if args.json else rows:
+        aliases = f" (@{', @'.join(row['aliases'])})" if row["aliases"] else ""
+        print(f"{row['model']}{aliases}  {row['role']} ({row['split']} split)  run {row['run_id']}")
+    return 0
+
+
+def _add_lineage(sub: argparse._SubParsersAction) -> None:
+    lineage = sub.add_parser("lineage", help="what a registered model was made from, checked")
+    commands = lineage.add_subparsers(dest="lineage_command", required=True)
+    show = commands.add_parser("show", help="git commit, params, dvc.lock, dataset, manifests, checkpoint")
+    verify = commands.add_parser("verify", help="check the record against the workspace and the DVC cache")
+    models = commands.add_parser("models", help="the registered versions that used a dive")
+    for cmd in (show, verify):
+        cmd.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or an MLflow run id")
+    models.add_argument("--video", required=True, help="a dive id (as in the dive table)")
+    for cmd in (show, verify, models):
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.add_argument("--tracking-uri", default=None, help="MLflow store (default: the project's)")
+        cmd.add_argument("--project-dir", type=Path, default=Path("."), help="the project root (default: .)")
+        cmd.set_defaults(func=_lineage)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpmcore", description="HP-MCoRe action quality assessment tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     # `tune` has its own parser (hpmcore.training.tune.main, which main() calls before this one), so
     # that other commands do not import torch and optuna; listed here for `hpmcore --help`
     sub.add_parser("tune", help="search model/train params on the validation split only (Optuna, MLflow)")
+    _add_lineage(sub)
     return parser
 
 

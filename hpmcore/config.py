@@ -652,6 +652,37 @@ class CompareConfig:
 
 
 @dataclass(frozen=True)
+class RetrainConfig:
+    """Scheduled retraining and the ``champion`` alias of the model registry (``flows/retrain.py``).
+
+    No DVC stage reads this section: changing it reruns nothing.
+    """
+
+    cron: str = "0 3 * * *"
+    """When the served deployment runs (five-field cron, in ``timezone``)."""
+    timezone: str = "UTC"
+    """Time zone of ``cron`` (IANA name)."""
+    metric: Literal["rho", "rl2_x100", "l2"] = "rho"
+    """Validation metric that decides: ``rho`` (higher is better), ``rl2_x100`` or ``l2`` (lower is
+    better); candidate and champion are scored on the same validation dives with the same voters."""
+    margin: float = 0.01
+    """The candidate becomes champion only when better than the champion by more than this."""
+    lock_wait_s: float = 0.0
+    """Seconds a run waits for another pipeline/retraining run to finish; 0 = exit at once."""
+    push: bool = True
+    """``dvc push`` the outputs to the default DVC remote after a retraining run."""
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for an impossible schedule or policy."""
+        if len(self.cron.split()) != 5:
+            raise ConfigError(f"retrain.cron needs five fields (minute hour day month wday): {self.cron!r}")
+        if self.metric not in ("rho", "rl2_x100", "l2"):
+            raise ConfigError(f"retrain.metric must be rho, rl2_x100 or l2, got {self.metric!r}")
+        if not self.margin >= 0 or not self.lock_wait_s >= 0:
+            raise ConfigError("retrain.margin and retrain.lock_wait_s must be >= 0")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole ``params.yaml``."""
 
@@ -668,6 +699,7 @@ class Params:
     eval: EvalConfig = field(default_factory=EvalConfig)
     core: CoReConfig = field(default_factory=CoReConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for an impossible top-level seed (each section validates itself)."""

@@ -8,9 +8,12 @@ tracking URI is set in exactly one place and never deep inside a flow. Every run
 from __future__ import annotations
 
 import json
+import os
+import socket
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +60,15 @@ def start_run(
     """Open an MLflow run in the project's store; it is ended (FAILED on exception) on exit.
 
     The run records the environment fingerprint: the artifact ``environment/fingerprint.json`` and the
-    ``env.*`` tags of :func:`hpmcore.environment.environment_tags`.
+    ``env.*`` tags of :func:`hpmcore.environment.environment_tags`; and the process that runs it
+    (``process.host``, ``process.pid``), so a later run can tell a killed run from a live one
+    (:meth:`Registry.end_stale_runs`).
     """
     mlflow.set_tracking_uri(tracking_uri(state_dir))
     experiment_id = ensure_experiment(state_dir, experiment)
     fingerprint = environment_fingerprint()
-    run_tags = {**environment_tags(fingerprint), **dict(tags or {})}
+    process = {"process.host": socket.gethostname(), "process.pid": str(os.getpid())}
+    run_tags = {**environment_tags(fingerprint), **process, **dict(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags) as run:
         log_dict(fingerprint, ENVIRONMENT_ARTIFACT)
         yield run
@@ -103,20 +109,13 @@ def log_metric_series(series: list[Mapping[str, Any]], *, step_key: str, prefix:
         log_metrics({f"{prefix}{k}": v for k, v in row.items() if k != step_key and v is not None}, step=step)
 
 
-def log_torch_model(
-    model: Any,
-    input_example: Any,
-    *,
-    name: str,
-    registered_model_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> Any:
-    """Log a ``torch.nn.Module`` as an MLflow PyTorch model with a signature inferred from
-    ``input_example`` (a float32 numpy array) and the model's output on it; optionally register it
-    (the model registry lives in the same SQLite store) and tag the new version.
+def log_torch_model(model: Any, input_example: Any, *, name: str) -> Any:
+    """Log a ``torch.nn.Module`` to the active run as an MLflow PyTorch model with a signature inferred
+    from ``input_example`` (a float32 numpy array) and the model's output on it (not registered: see
+    :meth:`Registry.register`).
 
     Returns:
-        MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
+        MLflow's ``ModelInfo`` (``model_uri``, ...).
     """
     import mlflow.pytorch
     import numpy as np
@@ -125,22 +124,16 @@ def log_torch_model(
 
     with torch.no_grad():
         output = model(torch.from_numpy(input_example)).cpu().numpy()
-    info = mlflow.pytorch.log_model(
+    return mlflow.pytorch.log_model(
         model,
         name=name,
         signature=infer_signature(input_example, output),
-        registered_model_name=registered_model_name,
         # eager pickle (the pair model has data-dependent control flow: no torch.export graph) with the
         # package's code beside it, and the requirements named, not inferred (no import-capture process)
         serialization_format="pickle",
         code_paths=[str(Path(__file__).resolve().parents[1])],  # the hpmcore package
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}"],
     )
-    if registered_model_name and tags and info.registered_model_version is not None:
-        c = MlflowClient()
-        for key, value in tags.items():
-            c.set_model_version_tag(registered_model_name, str(info.registered_model_version), key, value)
-    return info
 
 
 def set_tags(tags: Mapping[str, str]) -> None:
@@ -154,3 +147,168 @@ def read_artifact_text(state_dir: Path, run_id: str, artifact_file: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         local = c.download_artifacts(run_id, artifact_file, tmp)
         return Path(local).read_text()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model, as plain values."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: dict[str, str]
+    aliases: tuple[str, ...]
+    created_ms: int
+    """Creation time, milliseconds since the epoch."""
+
+    @property
+    def ref(self) -> str:
+        """``NAME/VERSION``."""
+        return f"{self.name}/{self.version}"
+
+
+def _version(mv: Any) -> ModelVersion:
+    return ModelVersion(
+        name=mv.name,
+        version=str(mv.version),
+        run_id=mv.run_id or "",
+        tags=dict(mv.tags or {}),
+        aliases=tuple(sorted(mv.aliases or ())),
+        created_ms=int(mv.creation_timestamp or 0),
+    )
+
+
+class Registry:
+    """The model registry and run store behind one tracking URI (the project's SQLite store by default).
+
+    Registration is atomic: :meth:`register` creates the version with all its tags in one transaction,
+    so a killed process leaves either no version or a complete one.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+    @classmethod
+    def at(cls, state_dir: Path) -> Registry:
+        """The registry of the project's store under ``state_dir`` (created on first use)."""
+        Path(state_dir).mkdir(parents=True, exist_ok=True)
+        return cls(tracking_uri(state_dir))
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        """Every version of model ``name`` (of every registered model when ``None``), oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{name}'" if name else None)
+        except MlflowException:
+            return []
+        # search results carry no aliases in every store: read them per registered model
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for model_name in {mv.name for mv in found}:
+            for alias, version in self.client.get_registered_model(model_name).aliases.items():
+                aliases.setdefault((model_name, str(version)), []).append(alias)
+        out = [
+            replace(_version(mv), aliases=tuple(sorted(aliases.get((mv.name, str(mv.version)), []))))
+            for mv in found
+        ]
+        return sorted(out, key=lambda v: (v.name, int(v.version)))
+
+    def version(self, name: str, version: str) -> ModelVersion | None:
+        """Version ``version`` of ``name``, or ``None``."""
+        return next((v for v in self.versions(name) if v.version == str(version)), None)
+
+    def by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        """The version of ``name`` that ``alias`` points at, or ``None``."""
+        return next((v for v in self.versions(name) if alias in v.aliases), None)
+
+    def find(self, name: str, tag: str, value: str) -> ModelVersion | None:
+        """The oldest version of ``name`` whose tag ``tag`` is ``value``, or ``None``."""
+        return next((v for v in self.versions(name) if v.tags.get(tag) == value), None)
+
+    def register(self, model_uri: str, name: str, tags: Mapping[str, str]) -> ModelVersion:
+        """Register ``model_uri`` (a model logged with :func:`log_torch_model`) as a new version of
+        ``name``, with ``tags`` set in the same transaction."""
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
+        found = self.version(name, str(mv.version))
+        assert found is not None
+        return found
+
+    def set_tags(self, name: str, version: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a model version."""
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point ``alias`` of ``name`` at ``version`` (moving it from any other version)."""
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        """A run's experiment name, status, start/end times (ms), params and tags; ``None`` when there is
+        no such run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        experiment = self.client.get_experiment(run.info.experiment_id)
+        return {
+            "run_id": run_id,
+            "experiment": experiment.name if experiment else run.info.experiment_id,
+            "status": run.info.status,
+            "start_ms": run.info.start_time,
+            "end_ms": run.info.end_time,
+            "params": dict(run.data.params),
+            "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        }
+
+    def artifact_text(self, run_id: str, artifact_file: str) -> str | None:
+        """The text of one artifact of a run, or ``None`` when the run has no such artifact."""
+        from mlflow.exceptions import MlflowException
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = self.client.download_artifacts(run_id, artifact_file, tmp)
+            except (MlflowException, OSError):
+                return None
+            path = Path(local)
+            return path.read_text() if path.is_file() else None
+
+    def download(self, run_id: str, artifact_file: str, dst_dir: Path) -> Path:
+        """Copy one artifact of a run into ``dst_dir``; returns the local path.
+
+        Raises:
+            FileNotFoundError: the run has no such artifact.
+        """
+        from mlflow.exceptions import MlflowException
+
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            local = Path(self.client.download_artifacts(run_id, artifact_file, str(dst_dir)))
+        except (MlflowException, OSError) as exc:
+            raise FileNotFoundError(f"run {run_id}: no artifact {artifact_file} ({exc})") from None
+        if not local.exists():
+            raise FileNotFoundError(f"run {run_id}: no artifact {artifact_file}")
+        return local
+
+    def end_stale_runs(self, alive: Callable[[int], bool]) -> list[str]:
+        """Mark ``KILLED`` the runs still ``RUNNING`` that were started on this host by a process that
+        no longer exists (``alive(pid)`` is false), e.g. after a SIGKILL; returns their ids."""
+        host = socket.gethostname()
+        ended = []
+        experiments = self.client.search_experiments()
+        if not experiments:
+            return ended
+        runs = self.client.search_runs(
+            [e.experiment_id for e in experiments], filter_string="attributes.status = 'RUNNING'"
+        )
+        for run in runs:
+            tags = run.data.tags
+            pid = tags.get("process.pid")
+            if tags.get("process.host") == host and pid and pid.isdigit() and not alive(int(pid)):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                ended.append(run.info.run_id)
+        return ended
