@@ -11,4 +11,7 @@
 - :mod:`hpmcore.models.decoder`: stage-wise cross-attention decoders (spec §7.3).
 - :mod:`hpmcore.models.regressor`: score MLPs, learnable stage weights and the final Δ (spec §7.4–7.6).
 - :mod:`hpmcore.models.hpmcore`: :class:`HPMCoRe`, the whole model on cached features (spec §7.7).
+- :mod:`hpmcore.models.end_to_end`: :class:`EndToEndHPMCoRe`, the encoders and the HP-MCoRe heads trained
+  together from frames (spec §9.3).
+- :mod:`hpmcore.models.recompute`: activation checkpointing that keeps BatchNorm statistics exact.
 """

@@ -1,16 +1,23 @@
-"""Training and evaluation of pair models on cached features: one module per concept and pipeline step.
+"""Training and evaluation of pair models, on cached features or end to end from the decoded frames: one
+module per concept and pipeline step.
 
 - :mod:`~hpmcore.training.protocol`: :class:`PairModel`, the contract between a model and the runtime
   (what it needs per video, per-video encoding, pair heads, its own loss, named parameter groups).
 - :mod:`~hpmcore.training.bank`: the feature bank — features, poses and labels of the dives, the
   feature sizes read from the features manifest, the dives left out after ``on_error: skip``.
+- :mod:`~hpmcore.training.frames`: the frame bank — the decoded frames of the dives (end-to-end mode),
+  the pairs' training views through a seeded DataLoader.
+- :mod:`~hpmcore.training.augment`: the spec §1.2 augmentation (flip, a crop shared by the clip) and
+  the pose flip.
 - :mod:`~hpmcore.training.losses`: the losses of spec §8 (score, transitions, stage contrast, dive
   number, splash).
 - :mod:`~hpmcore.training.metrics`: Spearman ρ, (relative) L2, tIoU and AIoU (spec §11).
 - :mod:`~hpmcore.training.checkpoints`: ``last.pt`` / ``best.pt`` — written byte-identically for the
   same state, read with checks, a model rebuilt from one.
-- :mod:`~hpmcore.training.train`: pairing, the lr schedule and the training loop with exact resume and
-  validation-only selection.
+- :mod:`~hpmcore.training.train`: pairing, the lr schedule and the training loop (cached or end to end)
+  with exact resume and validation-only selection.
+- :mod:`~hpmcore.training.distributed`: data parallel under ``torchrun`` (gloo / NCCL): batch shards,
+  sharded evaluation, rank 0 writes.
 - :mod:`~hpmcore.training.evaluate`: seeded voters, per-video cached encodings, metrics; one checkpoint
   on one split of the current data (:func:`~hpmcore.training.evaluate.evaluate_checkpoint`).
 - :mod:`~hpmcore.training.core_baseline`: the CoRe-style pair regressor, baseline (b).
