@@ -295,9 +295,13 @@ def test_end_to_end_trains_resumes_exactly_and_evaluates(
     ecfg = EvalConfig(exemplars=2, exemplar_mode="any", num_voter_draws=1, device="cpu")
     ev = evaluate_model(straight, bank, "test", ecfg, seed=0)
     assert ev.metrics["num_queries"] == 2 and ev.metrics["l2"] is not None
+    with torch.no_grad():  # evaluation encodes the frames with the encoders as they are now (no cache)
+        for p in straight.i3d.parameters():
+            p.mul_(1.5)
+    assert evaluate_model(straight, bank, "test", ecfg, seed=0).metrics["l2"] != ev.metrics["l2"]
     rebuilt, info = model_from_checkpoint(tmp_path / "a" / BEST)
     assert isinstance(rebuilt, EndToEndHPMCoRe) and info.epoch == res_a.best_epoch
-    assert evaluate_model(rebuilt, bank, "test", ecfg, seed=0).metrics == ev.metrics
+    assert evaluate_model(rebuilt, bank, "test", ecfg, seed=0).metrics == ev.metrics  # best.pt
 
 
 def test_mode_bank_and_model_must_agree(tmp_path: Path) -> None:
