@@ -374,6 +374,15 @@ class ModelConfig:
     """What the segmenter's BiGRU reads (§5.1): ``static`` (reference) the per-frame static features;
     ``static+skeleton`` (a deviation) those concatenated with HD-GCN's per-frame ``F_sk``, so the stage
     transitions can be read off the body's motion (needs the skeleton)."""
+    skeleton_skip: bool = False
+    """Append the batch-normalised joint coordinates (``2·16`` channels per frame) to HD-GCN's ``F_sk``
+    before stage pooling (a deviation, a skip connection around HD-GCN): its last layer averages over
+    the joints, which loses where each joint is, while stage-pooled coordinates carry the take-off
+    height, body shape and entry angle almost linearly."""
+    feature_dropout: float = 0.0
+    """Dropout on the standardised I3D and static input features in training (0 = off, the reference):
+    with randomly initialised encoders those features identify a video more than they describe it, so
+    without it the heads memorise the training videos."""
     use_static: bool = True
     """False: no static branch, Δ = Δ_fu (ablation)."""
     use_segmentation: bool = True
@@ -418,6 +427,10 @@ class ModelConfig:
             raise ConfigError(
                 f"model needs num_frames >= 3 and clip_stride >= 1, got {self.num_frames}, {self.clip_stride}"
             )
+        if not 0.0 <= self.feature_dropout < 1.0:
+            raise ConfigError(f"model.feature_dropout must be in [0, 1), got {self.feature_dropout}")
+        if self.skeleton_skip and not self.use_skeleton:
+            raise ConfigError("model.skeleton_skip needs model.use_skeleton: true")
         if self.segmenter_input not in ("static", "static+skeleton"):
             raise ConfigError(
                 f"model.segmenter_input must be 'static' or 'static+skeleton', got {self.segmenter_input!r}"

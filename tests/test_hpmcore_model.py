@@ -343,3 +343,43 @@ def test_pose_tokens_add_the_skeleton_content_to_the_fused_tokens() -> None:
             assert change < 1e-2
         else:
             assert change > 0.1
+
+
+def test_skeleton_skip_appends_the_normalised_joint_coordinates() -> None:
+    cfg = ModelConfig.tiny(skeleton_skip=True, pose_fusion="tokens", segmenter_input="static+skeleton")
+    model = build_hpmcore(cfg, seed=0).eval()
+    width = 2 * cfg.skeleton_channels + 32
+    assert model.fusion[0].pose_proj.in_features == width and model.fusion[0].pose_embed is not None
+    assert model.segmenter is not None and model.segmenter.gru.input_size == cfg.static_dim + width
+    # the skip's BatchNorm sees channel v·2 + c of joint v, coordinate c (HD-GCN's data_bn layout)
+    v = _videos(2, seed=6)
+    seen = {}
+    hook = model.skeleton_skip_bn.register_forward_hook(lambda m, i, o: seen.setdefault("x", i[0]))
+    model.encode(v)
+    hook.remove()
+    x = seen["x"]  # (N, 32, T)
+    assert x.shape == (2, 32, cfg.num_frames)
+    torch.testing.assert_close(x[1, 2 * 7 + 1], v.skeleton[1, 1, :, 7, 0])  # joint 7 (thorax), y
+    torch.testing.assert_close(x[0, 2 * 15 + 0], v.skeleton[0, 0, :, 15, 0])  # joint 15, x
+    with pytest.raises(ValueError, match="skeleton_skip needs model.use_skeleton"):
+        ModelConfig.tiny(skeleton_skip=True, use_skeleton=False).validate()
+
+
+def test_feature_dropout_acts_in_training_only() -> None:
+    v = _videos(3, seed=7)
+    model = build_hpmcore(ModelConfig.tiny(feature_dropout=0.5, use_segmentation=False), seed=0)
+    model.eval()
+    torch.testing.assert_close(model.encode(v).fused, model.encode(v).fused)  # no dropout at eval
+    model.train()
+    torch.manual_seed(0)
+    a = model.encode(v, use_gt=True).fused
+    torch.manual_seed(1)
+    b = model.encode(v, use_gt=True).fused
+    assert not torch.allclose(a, b)
+    plain = build_hpmcore(ModelConfig.tiny(use_segmentation=False), seed=0).train()
+    torch.manual_seed(0)
+    c = plain.encode(v, use_gt=True).fused
+    torch.manual_seed(1)
+    torch.testing.assert_close(c, plain.encode(v, use_gt=True).fused)  # nothing random without it
+    with pytest.raises(ValueError, match="feature_dropout must be in"):
+        ModelConfig.tiny(feature_dropout=1.0).validate()

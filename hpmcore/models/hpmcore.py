@@ -228,7 +228,7 @@ class HPMCoRe(nn.Module):
         self.fusion = build_pose_fusion(
             dim=d,
             heads=cfg.heads,
-            pose_dim=2 * cfg.skeleton_channels if cfg.use_skeleton else None,
+            pose_dim=self.skeleton_dim(cfg) if cfg.use_skeleton else None,
             mlp_ratio=cfg.mlp_ratio,
             pose_tokens=cfg.use_skeleton and cfg.pose_fusion == "tokens",
         )
@@ -241,12 +241,22 @@ class HPMCoRe(nn.Module):
         )
         self.regressors = nn.ModuleDict({b: build_score_mlp(dim=d) for b in branches})
         self.stage_weights = StageWeights(NUM_STAGES)
+        self.skeleton_skip_bn = (
+            nn.BatchNorm1d(POSE_CHANNELS * NUM_JOINTS) if cfg.use_skeleton and cfg.skeleton_skip else None
+        )
         self.splash_head = nn.Linear(d, 1) if cfg.splash_head else None
 
     @staticmethod
+    def skeleton_dim(cfg: ModelConfig) -> int:
+        """Channels of the per-frame skeleton features: ``F_sk`` (2c), plus the joint coordinates with
+        ``skeleton_skip``."""
+        return 2 * cfg.skeleton_channels + (POSE_CHANNELS * NUM_JOINTS if cfg.skeleton_skip else 0)
+
+    @staticmethod
     def segmenter_dim(cfg: ModelConfig) -> int:
-        """Input width of the segmenter: the static features, plus ``F_sk`` with ``static+skeleton``."""
-        extra = 2 * cfg.skeleton_channels if cfg.segmenter_input == "static+skeleton" else 0
+        """Input width of the segmenter: the static features, plus the skeleton features with
+        ``static+skeleton``."""
+        extra = HPMCoRe.skeleton_dim(cfg) if cfg.segmenter_input == "static+skeleton" else 0
         return cfg.static_dim + extra
 
     # -----------------------------------------------------------------------------------------------------
@@ -300,16 +310,32 @@ class HPMCoRe(nn.Module):
                 static=None if videos.static is None else self.input_norm["static"](videos.static),
             )
         cfg = self.config
+        if self.training and cfg.feature_dropout > 0:
+            videos = replace(
+                videos,
+                i3d=nn.functional.dropout(videos.i3d, cfg.feature_dropout),
+                static=None
+                if videos.static is None
+                else nn.functional.dropout(videos.static, cfg.feature_dropout),
+            )
         n = len(videos)
         device = videos.i3d.device
         gt = None if videos.transitions is None else videos.transitions.long().to(device)
 
-        sk = self.skeleton(videos.skeleton) if self.skeleton is not None else None
+        sk_features = None  # (N, C_sk, T): F_sk, plus the normalised joint coordinates with skeleton_skip
+        if self.skeleton is not None:
+            sk = self.skeleton(videos.skeleton)
+            sk_features = sk.features
+            if self.skeleton_skip_bn is not None:
+                joints = (
+                    videos.skeleton[..., 0].permute(0, 3, 1, 2).reshape(n, -1, cfg.num_frames)
+                )  # (N, 32, T)
+                sk_features = torch.cat([sk_features, self.skeleton_skip_bn(joints)], dim=1)
         seg_logits = None
         if self.segmenter is not None:
             seg_in = videos.static  # (N, T, C_static)
-            if cfg.segmenter_input == "static+skeleton" and sk is not None:
-                seg_in = torch.cat([seg_in, sk.features.transpose(1, 2)], dim=-1)  # (N, T, C_static + 2c)
+            if cfg.segmenter_input == "static+skeleton" and sk_features is not None:
+                seg_in = torch.cat([seg_in, sk_features.transpose(1, 2)], dim=-1)  # (N, T, C_static + C_sk)
             seg_logits = self.segmenter(seg_in)  # (N, T, 2)
             with torch.no_grad():
                 predicted = decode_transitions(seg_logits.detach(), cfg.decode)  # (N, 2)
@@ -328,11 +354,11 @@ class HPMCoRe(nn.Module):
             transitions = predicted
 
         pose_tokens, dn_logits = None, None
-        if sk is not None:
+        if sk_features is not None:
             dn_logits = sk.dn_logits  # (N, dn_classes)
             pose_tokens = seg_pool_1d(
-                sk.features.transpose(1, 2), transitions, fix_size=cfg.fix_size
-            )  # (N, 3F, 2c)
+                sk_features.transpose(1, 2), transitions, fix_size=cfg.fix_size
+            )  # (N, 3F, C_sk)
 
         clip_transitions = to_clip_index(transitions, cfg.clip_stride)  # (N, 2) in clip units
         i3d_tokens = seg_pool_1d(videos.i3d, clip_transitions, fix_size=cfg.fix_size)  # (N, 3F, C_i3d)
