@@ -509,6 +509,12 @@ class TrainConfig:
     """LR factor of the ``static_trunk`` parameter group (end-to-end mode only)."""
     pairing: ExemplarMode = "dive_number"
     """Training exemplars (and validation voters): ``dive_number`` (w/ DN), ``difficulty`` or ``any``."""
+    pair_scheme: Literal["drawn", "in_batch"] = "drawn"
+    """``drawn`` (the reference, §9.1–9.2): every train video is a query once per epoch with one drawn
+    exemplar, ``batch_size`` pairs per step. ``in_batch`` (a deviation, cached mode, one process): the
+    epoch's shuffled videos in batches of ``batch_size``, each video encoded once per step, and every
+    ordered pair of two videos of the batch that ``pairing`` allows is a training pair — ``b(b−1)``
+    pairs per step for ``pairing: any``, so the pair heads see far more pairs per encoder pass."""
     dd_mode: bool = False
     """Regress completeness ``score / DD`` instead of the score (spec §10.3). Recorded in the checkpoint:
     evaluation votes in the mode the model was trained in."""
@@ -559,6 +565,12 @@ class TrainConfig:
             )
         if self.pairing not in ("dive_number", "difficulty", "any"):
             raise ConfigError(f"train.pairing must be dive_number, difficulty or any, got {self.pairing!r}")
+        if self.pair_scheme not in ("drawn", "in_batch"):
+            raise ConfigError(f"train.pair_scheme must be drawn or in_batch, got {self.pair_scheme!r}")
+        if self.pair_scheme == "in_batch" and (self.mode != "cached" or self.batch_size < 2):
+            raise ConfigError(
+                "train.pair_scheme: in_batch needs train.mode: cached and train.batch_size >= 2"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 

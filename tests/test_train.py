@@ -18,7 +18,7 @@ import hpmcore.training.train as train_mod
 from hpmcore.config import EvalConfig
 from hpmcore.data.canonical import DatasetError
 from hpmcore.models.checkpoints import CheckpointError
-from hpmcore.models.hpmcore import ModelConfig, build_hpmcore
+from hpmcore.models.hpmcore import ModelConfig, VideoInputs, build_hpmcore
 from hpmcore.runtime import derive_seed
 from hpmcore.training.bank import BankDims, FeatureBank, FeatureBankError, synthetic_feature_bank
 from hpmcore.training.checkpoints import BEST, LAST, load_weights, model_from_checkpoint, save_checkpoint
@@ -524,3 +524,56 @@ def test_bank_dims_fill_the_model_config() -> None:
     assert (cfg.i3d_dim, cfg.static_dim, cfg.num_frames, cfg.clip_stride) == (16, 12, 12, 4)
     assert cfg.dim == ModelConfig().dim  # architecture params untouched
     assert dims.fill(CoReConfig(hidden=7)) == CoReConfig(i3d_dim=16, hidden=7)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In-batch pairs (train.pair_scheme: in_batch)
+
+
+def test_in_batch_pairs_are_every_ordered_pair_the_pairing_allows() -> None:
+    inputs = VideoInputs(i3d=torch.arange(5.0).view(5, 1, 1).expand(5, 2, 3))
+    data = train_mod._Data(ids=[f"v{i}" for i in range(5)], inputs=inputs, targets=torch.arange(5.0))
+    keys = ["a", "b", "a", "a", "b"]
+    order = torch.tensor([4, 0, 3, 1, 2])
+    batches = list(train_mod._in_batch_batches(data, order, keys, _cfg(batch_size=3), torch.device("cpu")))
+    # batch 1: rows 4, 0, 3 -> keys b, a, a: pairs (0, 3), (3, 0); batch 2: rows 1, 2 -> b, a: none
+    assert len(batches) == 1
+    (b,) = batches
+    assert sorted(zip(b.qi.tolist(), b.ei.tolist(), strict=True)) == [(0, 3), (3, 0)]
+    assert b.count == 2 and b.exemplar is None and b.local is not None
+    assert b.local[0].tolist() == [1, 2] and b.local[1].tolist() == [2, 1]  # positions in the batch
+    assert b.query.i3d[:, 0, 0].tolist() == [4.0, 0.0, 3.0]  # the batch's videos, each once
+    every = list(
+        train_mod._in_batch_batches(data, order, [None] * 5, _cfg(batch_size=3), torch.device("cpu"))
+    )
+    assert [x.count for x in every] == [6, 2]  # 3·2 ordered pairs, then 2·1
+
+
+def test_in_batch_training_learns_and_resumes_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bank = _bank(train=12, val=4)
+    cfg = _cfg(pair_scheme="in_batch", pairing="any", batch_size=4, epochs=3, lr=3e-3)
+    result = train(
+        build_hpmcore(ModelConfig.tiny(), seed=0), bank, cfg, seed=0, checkpoint_dir=tmp_path / "a"
+    )
+    losses = [h["loss_aqa"] for h in result.history]
+    assert losses[-1] < losses[0]
+    # 3 steps (of 12 pairs each) per epoch: killed in epoch 2, then resumed
+    calls = {"n": 0}
+    real_losses = train_mod._losses
+
+    def crashing(*args: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_losses(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "_losses", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(build_hpmcore(ModelConfig.tiny(), seed=0), bank, cfg, seed=0, checkpoint_dir=tmp_path / "b")
+    monkeypatch.setattr(train_mod, "_losses", real_losses)
+    train(build_hpmcore(ModelConfig.tiny(), seed=7), bank, cfg, seed=0, checkpoint_dir=tmp_path / "b")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")  # byte-identical checkpoints
+    with pytest.raises(ValueError, match=r"in_batch needs train\.mode: cached"):
+        replace(cfg, mode="end_to_end").validate()

@@ -339,9 +339,19 @@ class _PairStep(nn.Module):
         self.model = model
 
     def forward(
-        self, query: Any, exemplar: Any, data: _Data, qi: torch.Tensor, ei: torch.Tensor
+        self,
+        query: Any,
+        exemplar: Any,
+        data: _Data,
+        qi: torch.Tensor,
+        ei: torch.Tensor,
+        local: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        out = self.model(query, exemplar)
+        if local is None:
+            out = self.model(query, exemplar)
+        else:  # in-batch pairs: ``query`` holds the batch's videos, each encoded once
+            encoded = self.model.encode(query)
+            out = self.model.forward_pair(encoded.select(local[0]), encoded.select(local[1]))
         terms = _losses(self.model, out, data, qi, ei)
         return terms.total, terms.scalars()
 
@@ -361,6 +371,9 @@ class _Batch:
     """Loss weight: this rank's share of the batch × world size (1.0 in one process)."""
     count: int
     """Pairs of the batch this rank accounts for (0 for a rank left without any)."""
+    local: tuple[torch.Tensor, torch.Tensor] | None = None
+    """``pair_scheme: in_batch``: each pair's query and exemplar as positions in ``query`` (the batch's
+    videos; ``exemplar`` is then ``None``)."""
 
 
 def _epoch_batches(
@@ -394,6 +407,47 @@ def _epoch_batches(
         qi = order[pos]
         qd, ed = qi.to(device), partner_rows[qi].to(device)
         yield _Batch(qd, ed, query.to(device), exemplar.to(device), weight, count)
+
+
+def _pair_keys(data: _Data, pool: ExemplarPool, mode: ExemplarMode) -> list[object]:
+    """What two train videos must share to be a pair under ``mode`` (``None`` for ``any``), per row."""
+    position = {vid: n for n, vid in enumerate(pool.ids)}
+    match mode:
+        case "dive_number":
+            return [pool.dive_numbers[position[i]] for i in data.ids]
+        case "difficulty":
+            return [round(pool.difficulties[position[i]], 6) for i in data.ids]
+        case _:
+            return [None] * len(data.ids)
+
+
+def _in_batch_batches(
+    data: _Data, order: torch.Tensor, keys: Sequence[object], cfg: TrainConfig, device: torch.device
+) -> Iterator[_Batch]:
+    """``pair_scheme: in_batch``: the epoch's videos (``order``) in batches of ``cfg.batch_size``; the pairs
+    of a batch are every ordered pair of two of its videos with equal ``keys`` (row ``i`` then ``j``,
+    ``i ≠ j``). A batch without such a pair is skipped."""
+    for start in range(0, len(order), cfg.batch_size):
+        rows = order[start : start + cfg.batch_size]
+        local = [
+            (i, j)
+            for i in range(len(rows))
+            for j in range(len(rows))
+            if i != j and keys[int(rows[i])] == keys[int(rows[j])]
+        ]
+        if not local:
+            continue
+        qa, ea = (torch.tensor(side, dtype=torch.long) for side in zip(*local, strict=True))
+        rows_d = rows.to(device)
+        yield _Batch(
+            rows_d[qa.to(device)],
+            rows_d[ea.to(device)],
+            data.select(rows_d),
+            None,
+            1.0,
+            len(local),
+            (qa.to(device), ea.to(device)),
+        )
 
 
 @dataclass(frozen=True)
@@ -648,13 +702,20 @@ def _train_epoch(
     """One pass over the train split in batches of pairs; the mean of each loss term (over all ranks)."""
     n, device = len(data.ids), data.targets.device
     order = torch.from_numpy(derive_rng(seed, "shuffle", epoch).permutation(n))
-    partners = draw_pairs(plan.pool, plan.train_ids, mode=cfg.pairing, seed=derive_seed(seed, "pairs", epoch))
-    partner_rows = torch.tensor([data.index[p] for p in partners], dtype=torch.long)
+    if cfg.pair_scheme == "in_batch":
+        batches = _in_batch_batches(data, order, _pair_keys(data, plan.pool, cfg.pairing), cfg, device)
+    else:
+        partners = draw_pairs(
+            plan.pool, plan.train_ids, mode=cfg.pairing, seed=derive_seed(seed, "pairs", epoch)
+        )
+        partner_rows = torch.tensor([data.index[p] for p in partners], dtype=torch.long)
+        batches = _epoch_batches(data, order, partner_rows, cfg, world, device, frames)
     model.train()
     sums: dict[str, float] = defaultdict(float)
-    for step, batch in enumerate(_epoch_batches(data, order, partner_rows, cfg, world, device, frames)):
+    pairs = 0
+    for step, batch in enumerate(batches):
         with optimization.autocast():
-            total, scalars = step_module(batch.query, batch.exemplar, data, batch.qi, batch.ei)
+            total, scalars = step_module(batch.query, batch.exemplar, data, batch.qi, batch.ei, batch.local)
         if not world.all_true(bool(torch.isfinite(total))):
             raise FloatingPointError(f"non-finite training loss at epoch {epoch}, step {step}")
         optimization.optimizer.zero_grad(set_to_none=True)
@@ -664,11 +725,13 @@ def _train_epoch(
         optimization.scaler.update()
         for name, value in scalars.items():
             sums[name] += value * batch.count
+        pairs += batch.count
     optimization.scheduler.step()
     names = list(sums)
-    totals = world.sum([sums[name] for name in names])
+    *totals, count = world.sum([sums[name] for name in names] + [float(pairs)])
     return {
-        "loss" if name == "total" else f"loss_{name}": t / n for name, t in zip(names, totals, strict=True)
+        "loss" if name == "total" else f"loss_{name}": t / max(count, 1.0)
+        for name, t in zip(names, totals, strict=True)
     }
 
 
@@ -767,6 +830,8 @@ def train(
     cfg.validate()
     check_pair_model(model)
     world = current_world()
+    if cfg.pair_scheme == "in_batch" and world.distributed:
+        raise ConfigError("train.pair_scheme: in_batch runs in one process (use drawn pairs with torchrun)")
     reads_frames = _check_mode(model, bank, cfg)
     folder = Path(checkpoint_dir)
     plan = _plan(model, bank, cfg, seed)
