@@ -494,6 +494,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", type=Path, default=Path("data/features"))
 
 
+def _num(value: Any) -> str:
+    return "undefined" if value is None else f"{value:.4f}"
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """Run the ``tune`` command; 0 on success, 2 for bad input (a message naming the file or key)."""
     from hpmcore.extraction.cache import ManifestError
@@ -546,7 +550,7 @@ def run_cli(args: argparse.Namespace) -> int:
     best = result.best
     header = (
         f"# best of study {result.study!r}: trial {best.number}, validation {result.objective} "
-        f"{best.value:.4f} (validation ρ {best.metrics.get('val_rho')}); put into params.yaml:\n"
+        f"{best.value:.4f} (validation ρ {_num(best.metrics.get('val_rho'))}); put into params.yaml:\n"
     )
     with tracking.start_run(state, args.experiment, f"{args.study}-best", {"tune.study": args.study}):
         tracking.log_params({**best.params, "tune.best_trial": best.number})
