@@ -323,7 +323,7 @@ def test_segmenter_reads_the_skeleton_only_with_static_plus_skeleton() -> None:
         a, b = model.encode(v).seg_logits, model.encode(moved).seg_logits
         assert a is not None and b is not None
         assert (not torch.allclose(a, b)) is should_change, source
-    with pytest.raises(ValueError, match="static\\+skeleton needs model.use_skeleton"):
+    with pytest.raises(ValueError, match=r"static\+skeleton needs model\.use_skeleton"):
         ModelConfig.tiny(segmenter_input="static+skeleton", use_skeleton=False).validate()
 
 
@@ -361,7 +361,7 @@ def test_skeleton_skip_appends_the_normalised_joint_coordinates() -> None:
     assert x.shape == (2, 32, cfg.num_frames)
     torch.testing.assert_close(x[1, 2 * 7 + 1], v.skeleton[1, 1, :, 7, 0])  # joint 7 (thorax), y
     torch.testing.assert_close(x[0, 2 * 15 + 0], v.skeleton[0, 0, :, 15, 0])  # joint 15, x
-    with pytest.raises(ValueError, match="skeleton_skip needs model.use_skeleton"):
+    with pytest.raises(ValueError, match=r"skeleton_skip needs model\.use_skeleton"):
         ModelConfig.tiny(skeleton_skip=True, use_skeleton=False).validate()
 
 
