@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,11 @@ def test_default_variants_cover_the_ablations_and_baselines() -> None:
     assert v["w/o skeleton"].use_skeleton is False and v["w/o static branch"].use_static is False
     assert v["w/o segmentation (thirds)"].use_segmentation is False
     assert v["w/o contrastive loss"].contrastive_weight == 0.0
+    deviations = replace(cfg, pose_fusion="tokens", segmenter_input="static+skeleton", skeleton_skip=True)
+    without = default_variants(deviations)["w/o skeleton"]
+    without.validate()  # the skeleton's deviations are off with it, so the ablation is a valid config
+    assert (without.use_skeleton, without.segmenter_input, without.skeleton_skip) == (False, "static", False)
+    assert default_variants(deviations)["w/o static branch"].skeleton_skip is True
     assert v["CoRe-style (I3D only)"] == CoReConfig(i3d_dim=cfg.i3d_dim)
     assert isinstance(v["dive-number mean"], DiveNumberMean) and isinstance(v["DD only"], DDOnly)
     bank = synthetic_feature_bank({"train": 3}, **TINY)  # type: ignore[arg-type]

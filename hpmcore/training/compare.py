@@ -84,11 +84,16 @@ def default_variants(model_cfg: ModelConfig, core_cfg: CoReConfig | None = None)
     """HP-MCoRe, its four ablations and the baselines, keyed by table name (HP-MCoRe first: the reference
     of the Δ columns).
 
-    The CoRe baseline gets ``model_cfg.i3d_dim`` unless ``core_cfg`` is given.
+    The CoRe baseline gets ``model_cfg.i3d_dim`` unless ``core_cfg`` is given. ``w/o skeleton`` also turns
+    off the deviations that read the skeleton (``segmenter_input`` back to ``static``, no
+    ``skeleton_skip``, ``pose_fusion`` ``bias``).
     """
     return {
         "HP-MCoRe": model_cfg,
-        "w/o skeleton": replace(model_cfg, use_skeleton=False),
+        # the skeleton's deviations go with it (they need it); pose_fusion tokens alone would be ignored
+        "w/o skeleton": replace(
+            model_cfg, use_skeleton=False, pose_fusion="bias", segmenter_input="static", skeleton_skip=False
+        ),
         "w/o static branch": replace(model_cfg, use_static=False),
         "w/o segmentation (thirds)": replace(model_cfg, use_segmentation=False),
         "w/o contrastive loss": replace(model_cfg, contrastive_weight=0.0),
