@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import networkx as nx
-import numpy as np
 import pyarrow.parquet as pq
 from dvc.repo import Repo
 from prefect import flow, get_run_logger, task
@@ -36,11 +36,12 @@ from flows.lock import LockBusy, project_lock
 from flows.registry import REGISTERED_MODEL, decide_champion, register_checkpoint
 from flows.settings import PROJECT_DIR, state_dir
 from hpmcore.config import Params, flatten, load_params, params_to_dict
-from hpmcore.extraction.cache import FAILURES, MANIFEST, TIMINGS
-from hpmcore.models.export import PairScorer
+from hpmcore.extraction.cache import FAILURES, TIMINGS
+from hpmcore.serving import pyfunc
+from hpmcore.serving.bundle import SCORING_BUNDLE, write_bundle
 from hpmcore.tracking import lineage
 from hpmcore.tracking import mlflow as tracking
-from hpmcore.training.checkpoints import BEST, CHECKPOINTS, model_from_checkpoint
+from hpmcore.training.checkpoints import BEST, CHECKPOINTS
 
 MODEL_DIR = Path("data/model")
 """The train stage's output folder (``model_dir`` in dvc.yaml)."""
@@ -216,10 +217,12 @@ def log_model_results(
       (losses, validation ρ/RL2/AIoU, lr);
     - the evaluation's plots data (``data/eval/*.csv``) and the training history as artifacts;
     - for a checkpoint no version holds yet: ``checkpoint/best.pt``, the lineage record
-      (``lineage/record.json``, built by ``record()``) and the checkpoint as an MLflow PyTorch model
-      (``model``) with a signature — a :class:`~hpmcore.models.export.PairScorer`: flat
-      ``[query ; exemplar]`` features → Δ — registered as a new version of ``hpmcore`` with ``tags``
-      (git commit, ``dvc.lock`` hashes, run id) and ``checkpoint.sha256``.
+      (``lineage/record.json``, built by ``record()``) and the servable video scorer as an MLflow
+      ``python_function`` model (``model``; :mod:`hpmcore.serving.pyfunc`: a video and its dive number →
+      score, stage boundaries, per-stage contributions) whose data is the scoring bundle
+      (:func:`hpmcore.serving.bundle.write_bundle`: the checkpoint, the exemplar pool's encodings and
+      labels, the decode/features/pose settings) — registered as a new version of ``hpmcore`` with
+      ``tags`` (git commit, ``dvc.lock`` hashes, run id) and ``checkpoint.sha256``.
 
     Returns:
         The model version holding the checkpoint (new or not).
@@ -236,14 +239,39 @@ def log_model_results(
     def log_artifacts() -> str:
         tracking.log_file(checkpoint, "checkpoint")
         tracking.log_dict(record(), lineage.RECORD_ARTIFACT)
-        model, _ = model_from_checkpoint(checkpoint)
-        features = pq.read_table(project_dir / FEATURES_DIR / MANIFEST, columns=["num_clips"])
-        scorer = PairScorer(model, num_clips=int(features.column("num_clips")[0].as_py()))
-        example = np.zeros((2, 2 * scorer.width), dtype=np.float32)
-        return tracking.log_torch_model(scorer, example, name="model").model_uri
+        return log_scoring_model(project_dir, params)
 
     version, _ = register_model(registry, checkpoint, log_artifacts, tags)
     return version
+
+
+def log_scoring_model(project_dir: Path, params: Params, *, name: str = "model") -> str:
+    """Log the train stage's ``best.pt`` to the active MLflow run as the servable video scorer: an MLflow
+    ``python_function`` model (:mod:`hpmcore.serving.pyfunc`) whose data is the scoring bundle of the
+    project's outputs (:func:`hpmcore.serving.bundle.write_bundle`: the checkpoint, the exemplar pool's
+    encodings and labels, the decode/features/pose settings it was made with). Returns its model URI
+    (not registered: :func:`flows.registry.register_checkpoint` does that)."""
+    layout = lineage.PipelineLayout()
+    with tempfile.TemporaryDirectory(prefix="hpmcore-bundle-") as tmp:
+        bundle = write_bundle(
+            Path(tmp) / SCORING_BUNDLE,
+            checkpoint=project_dir / layout.checkpoint,
+            dives=project_dir / layout.dives,
+            decoded=project_dir / layout.decoded,
+            pose=project_dir / layout.pose,
+            features=project_dir / layout.features,
+            params=params,
+            project_dir=project_dir,
+        )
+        info = tracking.log_pyfunc_model(
+            bundle,
+            loader_module=pyfunc.LOADER_MODULE,
+            inputs=pyfunc.INPUT_COLUMNS,
+            outputs=pyfunc.OUTPUT_COLUMNS,
+            requirements=pyfunc.REQUIREMENTS,
+            name=name,
+        )
+    return info.model_uri
 
 
 @task(name="register-model", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

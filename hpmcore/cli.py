@@ -8,6 +8,8 @@ hpmcore lineage show --model NAME@ALIAS|NAME/VERSION|RUN_ID [--json]
 hpmcore lineage verify --model NAME@ALIAS|NAME/VERSION|RUN_ID [--json]
 hpmcore lineage models --video DIVE_ID [--json]
 (lineage: --tracking-uri URI, default the project's store .hpmcore/mlflow.db; --project-dir DIR, default .)
+hpmcore score PATH --dive-number 407c [--pose FILE] [--model hpmcore@champion] [--json] [--plot OUT.png]
+(score: PATH an mp4, a JPEG frame folder or a folder of them; see hpmcore.serving.command)
 """
 
 from __future__ import annotations
@@ -143,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     # that other commands do not import torch and optuna; listed here for `hpmcore --help`
     sub.add_parser("tune", help="search model/train params on the validation split only (Optuna, MLflow)")
     _add_lineage(sub)
+    from hpmcore.serving.command import add_score_parser  # light; scoring itself imports torch
+
+    add_score_parser(sub)
     return parser
 
 

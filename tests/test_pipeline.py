@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
+import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-import torch
 import yaml
 from pipeline_project import (
     PROJECT,
@@ -139,15 +139,31 @@ def test_prefect_flow_runs_stages_and_logs_lineage_to_mlflow(project: Path, pref
     assert version.tags["dvc.out.data/model/checkpoints"] == next(
         o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "data/model/checkpoints"
     )
+    # it is the video scorer (python_function): a test dive's video → the evaluate stage's prediction
     mlflow.set_tracking_uri(tracking.tracking_uri(state))
     info = mlflow.models.get_model_info("models:/hpmcore/1")
-    (spec,) = info.signature.inputs.inputs
-    width = spec.shape[1]
-    assert spec.shape[0] == -1 and width > 0
-    scorer = mlflow.pytorch.load_model("models:/hpmcore/1")
-    with torch.no_grad():
-        delta = scorer(torch.zeros(3, width))
-    assert delta.shape == (3,) and bool(torch.isfinite(delta).all())
+    assert info.flavors["python_function"]["loader_module"] == "hpmcore.serving.pyfunc"
+    assert {"video", "video_path", "dive_number"} <= set(info.signature.inputs.input_names())
+    scorer = mlflow.pyfunc.load_model("models:/hpmcore/1")
+    dive = next(
+        d
+        for d in read_annotations(project / "data/prepared/dives.parquet").to_pylist()
+        if d["split"] == "test"
+    )
+    skeletons = pq.read_table(project / "data/synth/skeletons.parquet")
+    pose = project.parent / "pose.parquet"  # the dive's skeleton, as the pose stage imported it
+    pq.write_table(skeletons.filter(pc.equal(skeletons["id"], dive["id"])), pose)
+    row = {
+        "video_path": str(project / "data/synth" / dive["video_path"]),
+        "dive_number": dive["dive_number"],
+        "pose_path": str(pose),
+        "query_id": dive["id"],  # the evaluation's voter draws
+    }
+    out = scorer.predict(pd.DataFrame([row]))
+    predicted = pacsv.read_csv(project / "data/eval/predictions.csv").to_pylist()
+    assert out["score"][0] == pytest.approx(
+        next(r["predicted_score"] for r in predicted if r["id"] == dive["id"]), rel=1e-5
+    )
 
     # a second flow run reuses everything: DVC says up to date, MLflow records it as such
     run_ok(

@@ -11,7 +11,7 @@ import json
 import os
 import socket
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -136,6 +136,44 @@ def log_torch_model(model: Any, input_example: Any, *, name: str) -> Any:
     )
 
 
+def log_pyfunc_model(
+    data_path: Path,
+    *,
+    loader_module: str,
+    inputs: Sequence[tuple[str, str, bool]],
+    outputs: Sequence[tuple[str, str]],
+    requirements: Sequence[str],
+    name: str,
+) -> Any:
+    """Log a folder as an MLflow ``python_function`` model to the active run (not registered: see
+    :meth:`Registry.register`): ``loader_module._load_pyfunc(<model>/data/<folder name>)`` loads it, the
+    package's code is stored beside it, and the signature has the columns ``inputs`` (name, MLflow type,
+    required) and ``outputs`` (name, type). ``requirements`` (distribution names) are pinned to the
+    installed versions.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri``, ...).
+    """
+    from importlib.metadata import version
+
+    import mlflow.pyfunc
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec(kind, column, required=required) for column, kind, required in inputs]),
+        outputs=Schema([ColSpec(kind, column) for column, kind in outputs]),
+    )
+    return mlflow.pyfunc.log_model(
+        name=name,
+        loader_module=loader_module,
+        data_path=str(data_path),
+        code_paths=[str(Path(__file__).resolve().parents[1])],  # the hpmcore package
+        pip_requirements=[f"{dist}=={version(dist).split('+')[0]}" for dist in requirements],
+        signature=signature,
+    )
+
+
 def set_tags(tags: Mapping[str, str]) -> None:
     """Set string tags on the active run."""
     mlflow.set_tags(dict(tags))
@@ -227,8 +265,8 @@ class Registry:
         return next((v for v in self.versions(name) if v.tags.get(tag) == value), None)
 
     def register(self, model_uri: str, name: str, tags: Mapping[str, str]) -> ModelVersion:
-        """Register ``model_uri`` (a model logged with :func:`log_torch_model`) as a new version of
-        ``name``, with ``tags`` set in the same transaction."""
+        """Register ``model_uri`` (a model logged with :func:`log_pyfunc_model` or :func:`log_torch_model`)
+        as a new version of ``name``, with ``tags`` set in the same transaction."""
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
         mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in tags.items()})
@@ -293,6 +331,28 @@ class Registry:
         if not local.exists():
             raise FileNotFoundError(f"run {run_id}: no artifact {artifact_file}")
         return local
+
+    def download_model(self, name: str, version: str, dst_dir: Path) -> Path:
+        """Copy the logged model of version ``version`` of ``name`` (its MLflow model folder, ``MLmodel``
+        and data) into ``dst_dir``; returns the local folder.
+
+        Raises:
+            FileNotFoundError: no such version, or its model cannot be read.
+        """
+        from mlflow.artifacts import download_artifacts
+        from mlflow.exceptions import MlflowException
+
+        Path(dst_dir).mkdir(parents=True, exist_ok=True)
+        try:
+            # the version's storage location from this registry (a ``models:/NAME/VERSION`` URI would be
+            # resolved against MLflow's global registry URI, not this store's)
+            source = self.client.get_model_version_download_uri(name, str(version))
+            local = download_artifacts(
+                artifact_uri=source, dst_path=str(dst_dir), tracking_uri=self.uri, registry_uri=self.uri
+            )
+        except (MlflowException, OSError) as exc:
+            raise FileNotFoundError(f"model {name}/{version}: cannot download its model ({exc})") from None
+        return Path(local)
 
     def end_stale_runs(self, alive: Callable[[int], bool]) -> list[str]:
         """Mark ``KILLED`` the runs still ``RUNNING`` that were started on this host by a process that
