@@ -36,6 +36,7 @@ import csv
 import dataclasses
 import json
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -108,7 +109,9 @@ def measure(
     pool = scorer.bundle.exemplars.to_pylist()
     completeness = float(np.mean([r["final_score"] / r["difficulty"] for r in pool]))
     pose_dir = out / "poses"
-    pose_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (pose_dir, out / "frames"):  # of an earlier run: other dives, other frame counts
+        shutil.rmtree(stale, ignore_errors=True)
+    pose_dir.mkdir(parents=True)
     rows, skipped, jpeg = [], [], []
     for dive in tqdm(dives, desc="score", unit="dive"):
         video = dataset / dive["video_path"]
