@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from hpmcore.config import EvalConfig
 from hpmcore.data.canonical import DatasetError
@@ -140,7 +141,13 @@ def test_metrics_from_predictions_by_hand() -> None:
     m = ev.metrics
     span = true.max() - true.min()
     l2_1 = 2 * (true[order[1]] - true[order[0]]) ** 2 / 4
-    assert m["draws"][0] == {"rho": 1.0, "l2": 0.0, "rl2": 0.0, "rl2_x100": 0.0}
+    assert m["draws"][0] == {"rho": 1.0, "l2": 0.0, "rl2": 0.0, "rl2_x100": 0.0, "exec_rho": 1.0}
+    dd = np.array([bank.label(q)["difficulty"] for q in queries])
+    assert m["dd_only_rho"] == pytest.approx(stats.spearmanr(dd, true).statistic)
+    assert m["draws"][1]["exec_rho"] == pytest.approx(stats.spearmanr(draw1 / dd, true / dd).statistic)
+    # DD times one constant ranks dives by difficulty alone: final rho = DD-only rho, execution rho undefined
+    dd_only = evaluation_from_predictions(bank, "test", queries, (dd * 2.5)[None], None).metrics
+    assert dd_only["rho"] == pytest.approx(m["dd_only_rho"]) and dd_only["exec_rho"] is None
     assert m["draws"][1]["rho"] == pytest.approx(1 - 6 * 2 / (4 * 15))  # one adjacent swap of 4 ranks: 0.8
     assert m["draws"][1]["l2"] == pytest.approx(l2_1)
     assert m["rho"] == pytest.approx(0.9) and m["rho_std"] == pytest.approx(np.std([1.0, 0.8], ddof=1))

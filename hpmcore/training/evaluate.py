@@ -56,7 +56,7 @@ from hpmcore.training.checkpoints import (
     model_from_checkpoint,
 )
 from hpmcore.training.distributed import current_world
-from hpmcore.training.metrics import score_metrics, segmentation_metrics, tiou
+from hpmcore.training.metrics import score_metrics, segmentation_metrics, spearman_rho, tiou
 from hpmcore.training.protocol import Encoding, InputSpec, PairModel
 
 __all__ = [
@@ -318,7 +318,9 @@ def evaluation_from_predictions(
 
     Returns:
         :class:`Evaluation` with JSON-safe ``metrics`` (``split``, ``num_queries``, ``rho``, ``rho_std``,
-        ``l2``, ``rl2``, ``rl2_x100`` and their ``_std``, ``tiou``, ``aiou_50``, ``aiou_75``,
+        ``l2``, ``rl2``, ``rl2_x100``, ``exec_rho`` (Spearman's ρ of predicted / DD against true / DD)
+        and their ``_std``, ``dd_only_rho`` (ρ of the DD-only predictor: DD against the true score),
+        ``tiou``, ``aiou_50``, ``aiou_75``,
         ``queries_without_transitions``, ``draws`` and ``info``) and rows ``id, dive_number,
         difficulty, true, pred, pred_std, st_pred, ed_pred, st_gt, ed_gt, tiou``.
     """
@@ -327,20 +329,25 @@ def evaluation_from_predictions(
         raise ValueError(f"predictions: expected (draws, {len(query_ids)}), got shape {preds.shape}")
     labels = [bank.label(q) for q in query_ids]
     true = np.array([lab["final_score"] for lab in labels], dtype=np.float64)
+    dd = np.array([lab["difficulty"] for lab in labels], dtype=np.float64)
+    keys = ("rho", "l2", "rl2", "rl2_x100", "exec_rho")
     per_draw = []
     for d in range(preds.shape[0]):
         if np.isfinite(preds[d]).all():
-            per_draw.append(score_metrics(preds[d], true))
+            # execution rho: what the prediction ranks beyond the difficulty it is given
+            exec_rho = spearman_rho(preds[d] / dd, true / dd)
+            per_draw.append({**score_metrics(preds[d], true), "exec_rho": exec_rho})
         else:
             log.warning(
                 "%s: %d non-finite predictions; score metrics are NaN",
                 split,
                 int((~np.isfinite(preds[d])).sum()),
             )
-            per_draw.append(dict.fromkeys(("rho", "l2", "rl2", "rl2_x100"), math.nan))
+            per_draw.append(dict.fromkeys(keys, math.nan))
     metrics: dict[str, Any] = {"split": split, "num_queries": len(query_ids)}
-    for key in ("rho", "l2", "rl2", "rl2_x100"):
+    for key in keys:
         metrics[key], metrics[f"{key}_std"] = _mean_std([m[key] for m in per_draw])
+    metrics["dd_only_rho"] = spearman_rho(dd, true)
 
     gts = [bank.get(q).transitions if q in bank.videos else None for q in query_ids]
     per_tiou: list[float | None] = [None] * len(query_ids)
