@@ -84,7 +84,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         data={"val_fraction": 0.5},  # 5 validation dives: a defined rho
         train=TINY_TRAIN,
         eval=TINY_EVAL,
-        retrain={"cron": CRON, "metric": "rho", "margin": 0.01},
+        # RL2 decides: a diverged model's is off by orders of magnitude, while rho on 5 validation dives
+        # moves in steps of 0.1 and a diverged model can rank them as well as a good one by chance
+        retrain={"cron": CRON, "metric": "rl2_x100", "margin": 0.01},
     )
 
 
@@ -175,15 +177,16 @@ def test_served_deployment_promotes_the_first_model_and_keeps_it_against_a_worse
         remote = project.parent / "home/.cache/hpmcore/dvc-remote"
         assert any(remote.rglob("*")), "dvc push after retraining"
 
-        # a worse candidate on purpose: a learning rate 50x too high (the model diverges)
-        set_params(project, train={"lr": 0.05})
+        # a worse candidate on purpose: a learning rate 500x too high (the model diverges)
+        set_params(project, train={"lr": 0.5})
         trigger()
         versions = registry.versions("hpmcore")
         assert [v.version for v in versions] == ["1", "2"]
         worse = versions[1]
         assert registry.by_alias("hpmcore", CHAMPION).version == "1"
         assert worse.tags[DECISION_TAG] == "rejected" and worse.tags["champion.compared_with"] == "1"
-        assert float(worse.tags["val.rho"]) < float(worse.tags["val.rho.champion"]) - 0.01, worse.tags
+        rl2, champion_rl2 = float(worse.tags["val.rl2_x100"]), float(worse.tags["val.rl2_x100.champion"])
+        assert rl2 > champion_rl2 + 0.01, worse.tags
         assert "does not beat champion hpmcore/1" in worse.tags[REASON_TAG]
 
         # nothing changed: the next run stops at `dvc status` and registers nothing
