@@ -76,8 +76,9 @@ def test_dvc_repro_is_reproducible_and_incremental(project: Path) -> None:
 
     # the training seed feeds `prepare` (validation split) and the model stages, not the dataset
     # generator; `decode` and `pose` read the re-split dive table but reuse every cached video, so
-    # `features` has nothing to do
-    set_params(project, seed=11)
+    # `features` has nothing to do. Seed 3 moves the one validation dive of these 8 (synth_000/4 -> /6);
+    # a seed that drew the same dive (11 does) would leave the table as it was and rerun only `prepare`
+    set_params(project, seed=3)
     ran, _ = repro(project)
     assert ran == {"prepare", "decode", "pose", "train", "evaluate"}
 
@@ -85,7 +86,7 @@ def test_dvc_repro_is_reproducible_and_incremental(project: Path) -> None:
     set_params(project, synth={"seed": 6})
     diff = run_ok([sys.executable, "-m", "dvc", "params", "diff"], project)
     assert re.search(r"synth\.seed\s+5\s+6", diff), diff
-    assert re.search(r"seed\s+0\s+11", diff), diff
+    assert re.search(r"seed\s+0\s+3", diff), diff
     ran, _ = repro(project)
     assert ran == ALL_STAGES
     regenerated = pq.read_table(project / "data/synth/annotations.parquet")
