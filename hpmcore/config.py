@@ -78,6 +78,12 @@ class SynthConfig:
     num_judges: int = 7
     """Judges per dive (FINA rule: drop the two highest and two lowest when there are 7)."""
 
+    @classmethod
+    def embedded(cls) -> SynthConfig:
+        """The embedded default dataset of ``params.yaml``: 600 dives rendered at 64 x 64 (the class
+        defaults stay the earlier, smaller 240 dives at 112 x 112)."""
+        return cls(num_dives=600, width=64, height=64)
+
     def validate(self) -> None:
         """Raise ``ConfigError`` for values no dataset can be generated from."""
         _check_seed("synth.seed", self.seed)
@@ -155,6 +161,12 @@ class DecodeConfig:
     allow_outside_root: bool = False
     """Read a ``video_path`` that leaves ``data.root`` (absolute, ``..``, a symlink out of it); refused
     by default: such a file is read from anywhere on the machine and is not a DVC dependency."""
+
+    @classmethod
+    def embedded(cls) -> DecodeConfig:
+        """``params.yaml``'s decoding of the embedded dataset: T = 48 at 32 x 32 (the class default T is
+        the spec's 96)."""
+        return cls(num_frames=48)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for impossible decoding settings."""
@@ -301,6 +313,12 @@ class FeaturesConfig:
     on_error: Literal["skip", "fail"] = "fail"
     """An unreadable decoded video or non-finite features: ``skip`` records it in the failures table,
     ``fail`` stops."""
+
+    @classmethod
+    def embedded(cls) -> FeaturesConfig:
+        """``params.yaml``'s features of the embedded dataset: I3D clips every 8 frames (5 clips at T = 48;
+        the class default is the spec's stride 10)."""
+        return cls(clip_stride=8)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for impossible settings (weights files are checked when used)."""
@@ -451,9 +469,10 @@ class ModelConfig:
     @classmethod
     def cpu_default(cls) -> ModelConfig:
         """The pipeline's default (``params.yaml``): D = 64, 1 decoder block, HD-GCN width 16, F = 4, a
-        32-unit GRU, input normalisation on: 4.26 M parameters, 3.45 M of them in the three I3D reducers
-        (1024 → 1056 → 64, the spec's ``C + extra`` hidden width). The reference sizes stay the class
-        defaults (16.1 M)."""
+        32-unit GRU, input normalisation on, and the deviations that make it learn execution on the
+        embedded data (skeleton tokens in the fusion, a skeleton-reading segmenter, the joint skip, input
+        feature dropout 0.5, joint transition decoding). The reference sizes and choices stay the class
+        defaults (16.1 M parameters)."""
         return cls(
             dim=64,
             heads=2,
@@ -465,6 +484,11 @@ class ModelConfig:
             dn_classes=52,
             skeleton_channels=16,
             input_norm=True,
+            pose_fusion="tokens",
+            segmenter_input="static+skeleton",
+            skeleton_skip=True,
+            feature_dropout=0.5,
+            decode="joint",
         )
 
     @classmethod
@@ -576,10 +600,13 @@ class TrainConfig:
 
     @classmethod
     def cpu_default(cls) -> TrainConfig:
-        """The pipeline's default (``params.yaml``): 12 epochs with one cosine, exemplars of any dive number,
-        completeness (DD mode) targets, weight decay 0.01, validation with same-dive-number voters."""
+        """The pipeline's default (``params.yaml``): 10 epochs with one cosine, 16 videos per step and all
+        their ordered pairs (``in_batch``), exemplars of any dive number, completeness (DD mode) targets,
+        weight decay 0.01, validation with same-dive-number voters."""
         return cls(
-            epochs=12,
+            epochs=10,
+            batch_size=16,
+            pair_scheme="in_batch",
             schedule="monotone",
             pairing="any",
             dd_mode=True,
@@ -713,12 +740,12 @@ class Params:
 
     seed: int = 0
     """The one seed for splits, exemplar draws, training and evaluation."""
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig.embedded)
     data: DataConfig = field(default_factory=DataConfig)
-    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig.embedded)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     pose: PoseConfig = field(default_factory=PoseConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig.embedded)
     model: ModelConfig = field(default_factory=ModelConfig.cpu_default)
     train: TrainConfig = field(default_factory=TrainConfig.cpu_default)
     eval: EvalConfig = field(default_factory=EvalConfig)
