@@ -14,6 +14,7 @@ from hpmcore.models.hpmcore import (
     VideoInputs,
     build_hpmcore,
     pair_losses,
+    select_rows,
 )
 from hpmcore.models.pooling import seg_pool_1d
 from hpmcore.models.segmentation import decode_halves, decode_joint, fixed_thirds
@@ -383,3 +384,29 @@ def test_feature_dropout_acts_in_training_only() -> None:
     torch.testing.assert_close(c, plain.encode(v, use_gt=True).fused)  # nothing random without it
     with pytest.raises(ValueError, match="feature_dropout must be in"):
         ModelConfig.tiny(feature_dropout=1.0).validate()
+
+
+def test_select_rows_backward_is_bit_identical_across_repeats() -> None:
+    """In-batch pairs select each video's encoding many times (as the exemplar of every other video of the
+    batch); the gradient of those repeated rows must not depend on thread timing, or two training runs of
+    one configuration drift apart. With ``t[index]`` this repeat gave a different gradient nearly every
+    time on a 2-core machine; ``select_rows`` must give the same bits every time, and the right sum."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(16, 24, 64, generator=gen, requires_grad=True)
+        exemplars = torch.tensor([j for i in range(16) for j in range(16) if i != j])  # every row 15 times
+        upstream = torch.randn(len(exemplars), 24, 64, generator=gen)
+        grads = []
+        for _ in range(20):
+            x.grad = None
+            select_rows(x, exemplars).backward(upstream)
+            grads.append(x.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+    expected = torch.zeros(16, 24, 64, dtype=torch.float64).index_add_(0, exemplars, upstream.double())
+    torch.testing.assert_close(grads[0].double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(select_rows(x, slice(2, 5)), x[2:5])
+    assert torch.equal(select_rows(x, [3, 3, 0]), x[[3, 3, 0]])

@@ -563,12 +563,22 @@ def _to(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | No
     return None if t is None else t.to(device)
 
 
-def _index(t: torch.Tensor | None, index: torch.Tensor | list[int] | slice) -> torch.Tensor | None:
-    if t is None:
-        return None
+def select_rows(t: torch.Tensor, index: torch.Tensor | list[int] | slice) -> torch.Tensor:
+    """Rows ``index`` of ``t`` (``(N, ...)`` → ``(len(index), ...)``), repeats allowed.
+
+    Not ``t[index]`` for an index tensor: on CPU, the backward of advanced indexing adds the gradients of
+    repeated rows from several threads at once, in an order that depends on thread timing (PyTorch lists
+    it among its nondeterministic operations), so two runs of one training step differed in the last
+    bits; ``index_select``'s backward (``index_add_``) adds them in index order."""
+    if isinstance(index, slice):
+        return t[index]
     if isinstance(index, list):
         index = torch.tensor(index, dtype=torch.long, device=t.device)
-    return t[index]
+    return t.index_select(0, index)
+
+
+def _index(t: torch.Tensor | None, index: torch.Tensor | list[int] | slice) -> torch.Tensor | None:
+    return None if t is None else select_rows(t, index)
 
 
 def _cat(parts: list[torch.Tensor | None], name: str) -> torch.Tensor | None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hpmcore.config import CoReConfig
-from hpmcore.models.hpmcore import VideoInputs
+from hpmcore.models.hpmcore import VideoInputs, select_rows
 from hpmcore.models.normalize import FeatureStandardizer
 from hpmcore.training.losses import LossTerms, score_loss
 from hpmcore.training.protocol import InputSpec, PairTargets, Role
@@ -39,9 +39,7 @@ class PooledEncoding:
 
     def select(self, index: torch.Tensor | list[int] | slice) -> PooledEncoding:
         """Rows ``index``."""
-        if isinstance(index, list):
-            index = torch.tensor(index, dtype=torch.long, device=self.features.device)
-        return PooledEncoding(self.features[index])
+        return PooledEncoding(select_rows(self.features, index))
 
     @staticmethod
     def cat(parts: list[PooledEncoding]) -> PooledEncoding:
