@@ -36,7 +36,7 @@ from hpmcore.models.hdgcn import build_hdgcn
 from hpmcore.models.hpmcore import VideoInputs, build_hpmcore
 from hpmcore.models.normalize import MIN_STD_FRACTION, FeatureStandardizer
 from hpmcore.training.bank import FeatureBank, pipeline_bank, synthetic_feature_bank
-from hpmcore.training.checkpoints import BEST, CHECKPOINTS, LAST, save_checkpoint
+from hpmcore.training.checkpoints import BEST, CHECKPOINTS, LAST, code_digest, save_checkpoint
 from hpmcore.training.evaluate import evaluate_checkpoint
 from hpmcore.training.train import train
 
@@ -144,6 +144,34 @@ def test_stage_restarts_on_checkpoints_of_another_config_but_the_library_refuses
     assert result.resumed_from is None and len(result.history) == 2
     stored = torch.load(tmp_path / LAST, weights_only=True)["config"]["model"]["config"]
     assert stored["dim"] == 16
+
+
+def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path) -> None:
+    """The stage's checkpoint folder outlives a code change (DVC then reruns the stage): a finished
+    checkpoint whose fingerprint names other training code must be retrained, not reused."""
+    bank = _bank()
+    cfg = ModelConfig.tiny()
+    digest = code_digest()
+    assert len(digest) == 64 and digest == code_digest()
+    train(build_hpmcore(cfg, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=tmp_path, progress=False)
+    for name in (LAST, BEST):  # as if written by the code before an edit
+        state = torch.load(tmp_path / name, weights_only=True)
+        assert state["config"]["code"] == digest
+        state["config"]["code"] = "0" * 64
+        save_checkpoint(state, tmp_path / name)
+    with pytest.raises(CheckpointError, match="code"):
+        train(build_hpmcore(cfg, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=tmp_path, progress=False)
+    result = train(
+        build_hpmcore(cfg, seed=0),
+        bank,
+        _train_cfg(),
+        seed=0,
+        checkpoint_dir=tmp_path,
+        restart_on_mismatch=True,
+        progress=False,
+    )
+    assert result.resumed_from is None and len(result.history) == 2
+    assert torch.load(tmp_path / LAST, weights_only=True)["config"]["code"] == digest
 
 
 def test_pair_scorer_gives_the_models_delta_from_flat_rows() -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "LAST",
     "CheckpointError",
     "CheckpointInfo",
+    "code_digest",
     "compare_fingerprints",
     "digest",
     "load_model_state",
@@ -96,6 +97,28 @@ MODEL_KINDS: dict[str, tuple[type, Any]] = {
 def digest(obj: Any) -> str:
     """SHA-256 of ``obj`` as canonical JSON (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+TRAINING_CODE = ("models", "training", "runtime.py", "data/splits.py")
+"""What a training run computes with, relative to the ``hpmcore`` package: the modules of the models and
+the trainer, the seed scheme and the exemplar draws."""
+
+
+def code_digest() -> str:
+    """SHA-256 of the source of :data:`TRAINING_CODE` (every ``.py`` file's package path and bytes).
+
+    Part of the run fingerprint, so that a checkpoint written by other model or trainer code is not
+    resumed: the train stage's checkpoint folder persists across reruns, and after a code change DVC
+    reruns the stage, which must then retrain rather than reuse the weights the old code produced."""
+    root = Path(__file__).resolve().parents[1]
+    files: list[Path] = []
+    for part in TRAINING_CODE:
+        path = root / part
+        files.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def model_fingerprint(model: PairModel) -> dict[str, Any]:

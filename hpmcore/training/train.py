@@ -87,6 +87,7 @@ from hpmcore.training.checkpoints import (
     CHECKPOINT_FORMAT,
     LAST,
     CheckpointError,
+    code_digest,
     compare_fingerprints,
     load_model_state,
     load_weights,
@@ -214,14 +215,16 @@ def build_optimizer(model: PairModel, cfg: TrainConfig) -> torch.optim.Adam:
 
 def run_fingerprint(model: PairModel, cfg: TrainConfig, seed: int, bank: FeatureBank) -> dict[str, Any]:
     """What a training run's result is a function of (except the device and speed-only keys): model,
-    training config, seed and the train/val data (labels and feature tensors, or the decoded frames'
-    content keys; :meth:`~hpmcore.training.bank.FeatureBank.digest`)."""
+    training config, seed, the train/val data (labels and feature tensors, or the decoded frames'
+    content keys; :meth:`~hpmcore.training.bank.FeatureBank.digest`) and the training code
+    (:func:`~hpmcore.training.checkpoints.code_digest`)."""
     skip = _NOT_FINGERPRINTED + (_END_TO_END_ONLY if cfg.mode == "cached" else ())
     return {
         "model": model_fingerprint(model),
         "train": {k: v for k, v in asdict(cfg).items() if k not in skip},
         "seed": int(seed),
         "data": {"train": bank.digest("train"), "val": bank.digest("val")},
+        "code": code_digest(),
     }
 
 
