@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow.csv as pacsv
 import pytest
@@ -38,7 +39,7 @@ from hpmcore.models.normalize import MIN_STD_FRACTION, FeatureStandardizer
 from hpmcore.training.bank import FeatureBank, pipeline_bank, synthetic_feature_bank
 from hpmcore.training.checkpoints import BEST, CHECKPOINTS, LAST, code_digest, save_checkpoint
 from hpmcore.training.evaluate import evaluate_checkpoint
-from hpmcore.training.train import train
+from hpmcore.training.train import TrainResult, train
 
 PROJECT = Path(__file__).resolve().parents[1]
 TINY = dict(i3d_dim=16, static_dim=12, num_frames=12, num_clips=3)
@@ -50,6 +51,13 @@ def _bank(**splits: int) -> FeatureBank:
 
 def _train_cfg(**kw: object) -> TrainConfig:
     return replace(TrainConfig(epochs=2, batch_size=4, val_exemplars=3, device="cpu"), **kw)
+
+
+def _train_tiny(cfg: ModelConfig, bank: FeatureBank, folder: Path, **kw: Any) -> TrainResult:
+    """Two epochs of a seed-0 model of ``cfg`` with checkpoints in ``folder`` (``kw``: to :func:`train`)."""
+    return train(
+        build_hpmcore(cfg, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=folder, progress=False, **kw
+    )
 
 
 def test_standardizer_is_identity_until_fitted_then_standardises_per_channel() -> None:
@@ -126,21 +134,11 @@ def test_hdgcn_width_is_configurable() -> None:
 def test_stage_restarts_on_checkpoints_of_another_config_but_the_library_refuses(tmp_path: Path) -> None:
     bank = _bank()
     cfg = ModelConfig.tiny()
-    train(build_hpmcore(cfg, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=tmp_path, progress=False)
+    _train_tiny(cfg, bank, tmp_path)
     other = replace(cfg, dim=16)
     with pytest.raises(CheckpointError, match="dim"):
-        train(
-            build_hpmcore(other, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=tmp_path, progress=False
-        )
-    result = train(
-        build_hpmcore(other, seed=0),
-        bank,
-        _train_cfg(),
-        seed=0,
-        checkpoint_dir=tmp_path,
-        restart_on_mismatch=True,
-        progress=False,
-    )
+        _train_tiny(other, bank, tmp_path)
+    result = _train_tiny(other, bank, tmp_path, restart_on_mismatch=True)
     assert result.resumed_from is None and len(result.history) == 2
     stored = torch.load(tmp_path / LAST, weights_only=True)["config"]["model"]["config"]
     assert stored["dim"] == 16
@@ -153,23 +151,15 @@ def test_checkpoints_of_other_training_code_are_not_resumed(tmp_path: Path) -> N
     cfg = ModelConfig.tiny()
     digest = code_digest()
     assert len(digest) == 64 and digest == code_digest()
-    train(build_hpmcore(cfg, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=tmp_path, progress=False)
+    _train_tiny(cfg, bank, tmp_path)
     for name in (LAST, BEST):  # as if written by the code before an edit
         state = torch.load(tmp_path / name, weights_only=True)
         assert state["config"]["code"] == digest
         state["config"]["code"] = "0" * 64
         save_checkpoint(state, tmp_path / name)
     with pytest.raises(CheckpointError, match="code"):
-        train(build_hpmcore(cfg, seed=0), bank, _train_cfg(), seed=0, checkpoint_dir=tmp_path, progress=False)
-    result = train(
-        build_hpmcore(cfg, seed=0),
-        bank,
-        _train_cfg(),
-        seed=0,
-        checkpoint_dir=tmp_path,
-        restart_on_mismatch=True,
-        progress=False,
-    )
+        _train_tiny(cfg, bank, tmp_path)
+    result = _train_tiny(cfg, bank, tmp_path, restart_on_mismatch=True)
     assert result.resumed_from is None and len(result.history) == 2
     assert torch.load(tmp_path / LAST, weights_only=True)["config"]["code"] == digest
 
