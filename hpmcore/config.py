@@ -397,10 +397,23 @@ class ModelConfig:
     before stage pooling (a deviation, a skip connection around HD-GCN): its last layer averages over
     the joints, which loses where each joint is, while stage-pooled coordinates carry the take-off
     height, body shape and entry angle almost linearly."""
+    skeleton_kinematics: bool = False
+    """With ``skeleton_skip``: the skip carries pelvis-centred joint coordinates plus per-frame body
+    angles (trunk orientation and rotation speed, knee/hip/shoulder/elbow flexion per side and their
+    left − right asymmetry, head to trunk; :mod:`hpmcore.models.kinematics`) instead of the raw
+    coordinates (a deviation): body shape, rotation steadiness and entry angle are angles, which raw
+    pixel coordinates of a somersaulting diver carry only non-linearly."""
     feature_dropout: float = 0.0
     """Dropout on the standardised I3D and static input features in training (0 = off, the reference):
     with randomly initialised encoders those features identify a video more than they describe it, so
     without it the heads memorise the training videos."""
+    use_i3d: bool = True
+    """False (a deviation, needs ``pose_fusion: tokens``): the I3D tokens do not enter the fused branch;
+    each stage's PoseAttnNet reads the embedded skeleton tokens alone, so ``F_fu`` is built from the
+    pose. The I3D features are still read and checked, but no I3D reducer is built. With randomly
+    initialised encoders (the embedded default) the I3D features identify a video more than they
+    describe it and the heads fit the training videos with them (README, Results); real Kinetics
+    weights are what the reference's ``true`` assumes."""
     use_static: bool = True
     """False: no static branch, Δ = Δ_fu (ablation)."""
     use_segmentation: bool = True
@@ -411,6 +424,11 @@ class ModelConfig:
     """Eval: pool exemplars with their ground-truth transitions instead of decoded ones (§13 item 5)."""
     lam: float = 1.0
     """λ in Δ = (Δ_fu + λΔ_st)/(1+λ) (§7.6)."""
+    delta_scale: float = 1.0
+    """Each branch's Δ is this times its stage-weighted regressor output (1 = reference). The heads start
+    with outputs near 0; a scale of about the training scores' spread (score / DD on the embedded data:
+    sd ≈ 3) lets Adam, whose steps have a fixed size, reach the scores' range in the first epoch instead
+    of spending several epochs growing the last layer (a deviation)."""
     splash_head: bool = False
     """Add a ``Linear(D → 1)`` splash-size head on the mean entry-stage fused token."""
     contrastive_weight: float = 10.0
@@ -449,6 +467,13 @@ class ModelConfig:
             raise ConfigError(f"model.feature_dropout must be in [0, 1), got {self.feature_dropout}")
         if self.skeleton_skip and not self.use_skeleton:
             raise ConfigError("model.skeleton_skip needs model.use_skeleton: true")
+        if not self.use_i3d and not (self.use_skeleton and self.pose_fusion == "tokens"):
+            raise ConfigError(
+                "model.use_i3d: false needs model.use_skeleton: true and model.pose_fusion: tokens "
+                "(the fused branch is then built from the skeleton tokens alone)"
+            )
+        if self.skeleton_kinematics and not self.skeleton_skip:
+            raise ConfigError("model.skeleton_kinematics needs model.skeleton_skip: true")
         if self.segmenter_input not in ("static", "static+skeleton"):
             raise ConfigError(
                 f"model.segmenter_input must be 'static' or 'static+skeleton', got {self.segmenter_input!r}"
@@ -461,6 +486,8 @@ class ModelConfig:
             raise ConfigError(f"model.decode must be 'halves' or 'joint', got {self.decode!r}")
         if self.lam < 0:
             raise ConfigError(f"model.lam must be >= 0, got {self.lam}")
+        if not (math.isfinite(self.delta_scale) and self.delta_scale > 0):
+            raise ConfigError(f"model.delta_scale must be a finite number > 0, got {self.delta_scale}")
         if self.splash_weight > 0 and not self.splash_head:
             raise ConfigError("model.splash_weight > 0 needs model.splash_head = true")
         if self.contrastive_weight < 0 or self.tau <= 0 or self.dive_number_weight < 0:
@@ -487,7 +514,10 @@ class ModelConfig:
             pose_fusion="tokens",
             segmenter_input="static+skeleton",
             skeleton_skip=True,
+            skeleton_kinematics=True,
+            use_i3d=False,
             feature_dropout=0.5,
+            delta_scale=3.0,
             decode="joint",
         )
 

@@ -336,6 +336,17 @@ def test_default_variants_cover_the_ablations_and_baselines() -> None:
     without.validate()  # the skeleton's deviations are off with it, so the ablation is a valid config
     assert (without.use_skeleton, without.segmenter_input, without.skeleton_skip) == (False, "static", False)
     assert default_variants(deviations)["w/o static branch"].skeleton_skip is True
+    # the embedded default's deviation: no I3D tokens -> a "with I3D tokens" row; a config without the
+    # static branch gets a "with static branch" row instead of "w/o static branch"
+    embedded = default_variants(ModelConfig.cpu_default())
+    assert list(embedded)[:4] == ["HP-MCoRe", "w/o skeleton", "w/o static branch", "with I3D tokens"]
+    assert embedded["with I3D tokens"].use_i3d is True  # type: ignore[union-attr]
+    no_skeleton = embedded["w/o skeleton"]
+    assert isinstance(no_skeleton, ModelConfig)
+    no_skeleton.validate()  # valid: the I3D tokens are back, the skeleton's deviations off
+    assert (no_skeleton.use_i3d, no_skeleton.skeleton_kinematics) == (True, False)
+    no_static = default_variants(replace(ModelConfig.cpu_default(), use_static=False))
+    assert "w/o static branch" not in no_static and no_static["with static branch"].use_static is True  # type: ignore[union-attr]
     assert v["CoRe-style (I3D only)"] == CoReConfig(i3d_dim=cfg.i3d_dim)
     assert isinstance(v["dive-number mean"], DiveNumberMean) and isinstance(v["DD only"], DDOnly)
     bank = synthetic_feature_bank({"train": 3}, **TINY)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ parameter counts (spec §14.1), a one-batch overfit and query/exemplar antisymme
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -364,6 +365,37 @@ def test_skeleton_skip_appends_the_normalised_joint_coordinates() -> None:
     torch.testing.assert_close(x[0, 2 * 15 + 0], v.skeleton[0, 0, :, 15, 0])  # joint 15, x
     with pytest.raises(ValueError, match=r"skeleton_skip needs model\.use_skeleton"):
         ModelConfig.tiny(skeleton_skip=True, use_skeleton=False).validate()
+
+
+def test_without_i3d_the_fused_tokens_come_from_the_skeleton_alone() -> None:
+    cfg = ModelConfig.tiny(use_i3d=False, pose_fusion="tokens", skeleton_skip=True)
+    model = build_hpmcore(cfg, seed=0).eval()
+    assert "i3d" not in model.reducers and "static" in model.reducers
+    v = _videos(3, seed=11)
+    noisy = replace(v, i3d=torch.randn_like(v.i3d) * 100)
+    a, b = model.encode(v), model.encode(noisy)
+    torch.testing.assert_close(a.fused, b.fused)  # the I3D features do not reach F_fu
+    other_pose = replace(v, skeleton=v.skeleton.flip(2))
+    assert not torch.allclose(model.encode(other_pose).fused, a.fused)  # the skeleton does
+    with_i3d = build_hpmcore(replace(cfg, use_i3d=True), seed=0).eval()
+    assert not torch.allclose(with_i3d.encode(noisy).fused, with_i3d.encode(v).fused)
+    with pytest.raises(ValueError, match=r"use_i3d: false needs"):
+        ModelConfig.tiny(use_i3d=False, pose_fusion="bias").validate()
+    with pytest.raises(ValueError, match=r"use_i3d: false needs"):
+        ModelConfig.tiny(use_i3d=False, use_skeleton=False, pose_fusion="tokens").validate()
+
+
+def test_delta_scale_multiplies_each_branch_delta() -> None:
+    cfg = ModelConfig.tiny()
+    q, e = _videos(3, seed=12), _videos(3, seed=13)
+    one = build_hpmcore(cfg, seed=0).eval()(q, e)
+    scaled = build_hpmcore(replace(cfg, delta_scale=2.5), seed=0).eval()(q, e)
+    torch.testing.assert_close(scaled.delta_fu, 2.5 * one.delta_fu)
+    torch.testing.assert_close(scaled.delta_st, 2.5 * one.delta_st)
+    torch.testing.assert_close(scaled.delta_qe, 2.5 * one.delta_qe)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="delta_scale"):
+            ModelConfig.tiny(delta_scale=bad).validate()
 
 
 def test_feature_dropout_acts_in_training_only() -> None:

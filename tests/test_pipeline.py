@@ -256,6 +256,7 @@ def test_comparison_table_from_one_command(project: Path) -> None:
         "+ splash-aware loss",
         "w/o skeleton",
         "w/o static branch",
+        "with I3D tokens",
         "w/o segmentation (thirds)",
         "w/o contrastive loss",
         "CoRe-style (I3D only)",

@@ -38,6 +38,7 @@ from hpmcore.config import ModelConfig
 from hpmcore.models.decoder import build_decoder, decode_stages
 from hpmcore.models.fusion import build_pose_fusion, build_reducers
 from hpmcore.models.hdgcn import NUM_JOINTS, build_hdgcn
+from hpmcore.models.kinematics import NUM_ANGLE_CHANNELS, body_kinematics
 from hpmcore.models.normalize import FeatureStandardizer
 from hpmcore.models.pooling import seg_pool_1d
 from hpmcore.models.regressor import StageWeights, build_score_mlp, combine_deltas
@@ -218,9 +219,9 @@ class HPMCoRe(nn.Module):
             if cfg.use_skeleton
             else None
         )
-        self.reducers = nn.ModuleDict(
-            {"i3d": build_reducers(in_dim=cfg.i3d_dim, out_dim=d, extra=cfg.reducer_extra)}
-        )
+        self.reducers = nn.ModuleDict()
+        if cfg.use_i3d:
+            self.reducers["i3d"] = build_reducers(in_dim=cfg.i3d_dim, out_dim=d, extra=cfg.reducer_extra)
         if cfg.use_static:
             self.reducers["static"] = build_reducers(
                 in_dim=cfg.static_dim, out_dim=d, extra=cfg.reducer_extra
@@ -242,15 +243,21 @@ class HPMCoRe(nn.Module):
         self.regressors = nn.ModuleDict({b: build_score_mlp(dim=d) for b in branches})
         self.stage_weights = StageWeights(NUM_STAGES)
         self.skeleton_skip_bn = (
-            nn.BatchNorm1d(POSE_CHANNELS * NUM_JOINTS) if cfg.use_skeleton and cfg.skeleton_skip else None
+            nn.BatchNorm1d(self.skip_dim(cfg)) if cfg.use_skeleton and cfg.skeleton_skip else None
         )
         self.splash_head = nn.Linear(d, 1) if cfg.splash_head else None
 
     @staticmethod
     def skeleton_dim(cfg: ModelConfig) -> int:
         """Channels of the per-frame skeleton features: ``F_sk`` (2c), plus the joint coordinates with
-        ``skeleton_skip``."""
-        return 2 * cfg.skeleton_channels + (POSE_CHANNELS * NUM_JOINTS if cfg.skeleton_skip else 0)
+        ``skeleton_skip`` (and the body angles with ``skeleton_kinematics``)."""
+        return 2 * cfg.skeleton_channels + (HPMCoRe.skip_dim(cfg) if cfg.skeleton_skip else 0)
+
+    @staticmethod
+    def skip_dim(cfg: ModelConfig) -> int:
+        """Channels of the skeleton skip: the joint coordinates, plus the body angles with
+        ``skeleton_kinematics``."""
+        return POSE_CHANNELS * NUM_JOINTS + (NUM_ANGLE_CHANNELS if cfg.skeleton_kinematics else 0)
 
     @staticmethod
     def segmenter_dim(cfg: ModelConfig) -> int:
@@ -327,9 +334,12 @@ class HPMCoRe(nn.Module):
             sk = self.skeleton(videos.skeleton)
             sk_features = sk.features
             if self.skeleton_skip_bn is not None:
-                joints = (
-                    videos.skeleton[..., 0].permute(0, 3, 1, 2).reshape(n, -1, cfg.num_frames)
-                )  # (N, 32, T)
+                if cfg.skeleton_kinematics:
+                    joints = body_kinematics(videos.skeleton)  # (N, 32 + NUM_ANGLE_CHANNELS, T)
+                else:
+                    joints = (
+                        videos.skeleton[..., 0].permute(0, 3, 1, 2).reshape(n, -1, cfg.num_frames)
+                    )  # (N, 32, T)
                 sk_features = torch.cat([sk_features, self.skeleton_skip_bn(joints)], dim=1)
         seg_logits = None
         if self.segmenter is not None:
@@ -360,13 +370,17 @@ class HPMCoRe(nn.Module):
                 sk_features.transpose(1, 2), transitions, fix_size=cfg.fix_size
             )  # (N, 3F, C_sk)
 
-        clip_transitions = to_clip_index(transitions, cfg.clip_stride)  # (N, 2) in clip units
-        i3d_tokens = seg_pool_1d(videos.i3d, clip_transitions, fix_size=cfg.fix_size)  # (N, 3F, C_i3d)
         f = cfg.fix_size
+        if cfg.use_i3d:
+            clip_transitions = to_clip_index(transitions, cfg.clip_stride)  # (N, 2) in clip units
+            i3d_tokens = seg_pool_1d(videos.i3d, clip_transitions, fix_size=f)  # (N, 3F, C_i3d)
         fused, static = [], []
         for k in range(NUM_STAGES):
             sl = slice(k * f, (k + 1) * f)
-            reduced = self.reducers["i3d"][k](i3d_tokens[:, sl])  # (N, F, D)
+            if cfg.use_i3d:
+                reduced = self.reducers["i3d"][k](i3d_tokens[:, sl])  # (N, F, D)
+            else:  # use_i3d false: the fusion block adds the embedded skeleton tokens to zeros
+                reduced = videos.i3d.new_zeros(n, f, cfg.dim)
             fused.append(self.fusion[k](reduced, None if pose_tokens is None else pose_tokens[:, sl]))
         if cfg.use_static:
             static_tokens = seg_pool_1d(videos.static, transitions, fix_size=f)  # (N, 3F, C_static)
@@ -401,7 +415,8 @@ class HPMCoRe(nn.Module):
         if len(query) != len(exemplar):
             raise ValueError(f"pair heads: {len(query)} queries vs {len(exemplar)} exemplars")
         b = len(query)
-        delta_fu = self.stage_weights(
+        scale = self.config.delta_scale
+        delta_fu = scale * self.stage_weights(
             self.regressors["fu"](decode_stages(self.decoders["fu"], query.fused, exemplar.fused))
         )
         delta_st = None
@@ -409,7 +424,7 @@ class HPMCoRe(nn.Module):
             if query.static is None or exemplar.static is None:
                 raise ValueError("the static branch needs static tokens in both encodings")
             dec_st = decode_stages(self.decoders["st"], query.static, exemplar.static)  # (2B, 3F, D)
-            delta_st = self.stage_weights(self.regressors["st"](dec_st))  # (2B,)
+            delta_st = scale * self.stage_weights(self.regressors["st"](dec_st))  # (2B,)
         delta = combine_deltas(delta_fu, delta_st, self.config.lam)  # (2B,)
         return PairOutput(
             delta_qe=delta[:b],

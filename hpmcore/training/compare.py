@@ -81,26 +81,40 @@ EpochCallback = Callable[[str, int, int, dict[str, float]], None]
 
 
 def default_variants(model_cfg: ModelConfig, core_cfg: CoReConfig | None = None) -> dict[str, Variant]:
-    """HP-MCoRe, its four ablations and the baselines, keyed by table name (HP-MCoRe first: the reference
+    """HP-MCoRe, its ablations and the baselines, keyed by table name (HP-MCoRe first: the reference
     of the Δ columns).
 
     The CoRe baseline gets ``model_cfg.i3d_dim`` unless ``core_cfg`` is given. ``w/o skeleton`` also turns
     off the deviations that read the skeleton (``segmenter_input`` back to ``static``, no
-    ``skeleton_skip``, ``pose_fusion`` ``bias``).
+    ``skeleton_skip`` or ``skeleton_kinematics``, ``pose_fusion`` ``bias``) and turns the I3D tokens on
+    (without the skeleton they are the fused branch's only content). The static branch is a
+    ``w/o static branch`` row when ``model_cfg`` has it and a ``with static branch`` row when it does
+    not; a config without I3D tokens (``use_i3d: false``) also gets a ``with I3D tokens`` row.
     """
-    return {
+    variants: dict[str, Variant] = {
         "HP-MCoRe": model_cfg,
-        # the skeleton's deviations go with it (they need it); pose_fusion tokens alone would be ignored
         "w/o skeleton": replace(
-            model_cfg, use_skeleton=False, pose_fusion="bias", segmenter_input="static", skeleton_skip=False
+            model_cfg,
+            use_skeleton=False,
+            pose_fusion="bias",
+            segmenter_input="static",
+            skeleton_skip=False,
+            skeleton_kinematics=False,
+            use_i3d=True,
         ),
-        "w/o static branch": replace(model_cfg, use_static=False),
-        "w/o segmentation (thirds)": replace(model_cfg, use_segmentation=False),
-        "w/o contrastive loss": replace(model_cfg, contrastive_weight=0.0),
-        "CoRe-style (I3D only)": core_cfg or CoReConfig(i3d_dim=model_cfg.i3d_dim),
-        "dive-number mean": DiveNumberMean(),
-        "DD only": DDOnly(),
     }
+    if model_cfg.use_static:
+        variants["w/o static branch"] = replace(model_cfg, use_static=False)
+    else:
+        variants["with static branch"] = replace(model_cfg, use_static=True)
+    if not model_cfg.use_i3d:
+        variants["with I3D tokens"] = replace(model_cfg, use_i3d=True)
+    variants["w/o segmentation (thirds)"] = replace(model_cfg, use_segmentation=False)
+    variants["w/o contrastive loss"] = replace(model_cfg, contrastive_weight=0.0)
+    variants["CoRe-style (I3D only)"] = core_cfg or CoReConfig(i3d_dim=model_cfg.i3d_dim)
+    variants["dive-number mean"] = DiveNumberMean()
+    variants["DD only"] = DDOnly()
+    return variants
 
 
 def training_seeds(seed: int, count: int) -> list[int]:
