@@ -80,9 +80,9 @@ class SynthConfig:
 
     @classmethod
     def embedded(cls) -> SynthConfig:
-        """The embedded default dataset of ``params.yaml``: 600 dives rendered at 64 x 64 (the class
+        """The embedded default dataset of ``params.yaml``: 1,000 dives rendered at 64 x 64 (the class
         defaults stay the earlier, smaller 240 dives at 112 x 112)."""
-        return cls(num_dives=600, width=64, height=64)
+        return cls(num_dives=1000, width=64, height=64)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values no dataset can be generated from."""
@@ -630,11 +630,11 @@ class TrainConfig:
 
     @classmethod
     def cpu_default(cls) -> TrainConfig:
-        """The pipeline's default (``params.yaml``): 10 epochs with one cosine, 16 videos per step and all
+        """The pipeline's default (``params.yaml``): 8 epochs with one cosine, 16 videos per step and all
         their ordered pairs (``in_batch``), exemplars of any dive number, completeness (DD mode) targets,
         weight decay 0.01, validation with same-dive-number voters."""
         return cls(
-            epochs=10,
+            epochs=8,
             batch_size=16,
             pair_scheme="in_batch",
             schedule="monotone",
