@@ -393,6 +393,14 @@ def test_delta_scale_multiplies_each_branch_delta() -> None:
     torch.testing.assert_close(scaled.delta_fu, 2.5 * one.delta_fu)
     torch.testing.assert_close(scaled.delta_st, 2.5 * one.delta_st)
     torch.testing.assert_close(scaled.delta_qe, 2.5 * one.delta_qe)
+    # the scorer's per-stage contributions still add up to the scaled delta
+    from hpmcore.serving.score import stage_contributions
+
+    heads = build_hpmcore(replace(cfg, delta_scale=2.5), seed=0).eval()
+    with torch.no_grad():
+        enc_q, enc_e = heads.encode(q), heads.encode(e)
+        parts = stage_contributions(heads, enc_q, enc_e)
+        torch.testing.assert_close(parts.sum(dim=1), heads.forward_pair(enc_q, enc_e).delta_qe)
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="delta_scale"):
             ModelConfig.tiny(delta_scale=bad).validate()

@@ -353,9 +353,10 @@ def is_frame_folder(path: Path) -> bool:
 def stage_contributions(heads: HPMCoRe, query: VideoEncoding, exemplar: VideoEncoding) -> torch.Tensor:
     """``(B, 3)`` per-stage parts ``c_k`` of Δ^{qe} for B (query, exemplar) pairs: the pair heads of
     :meth:`HPMCoRe.forward_pair` with the stage-weighted sum left unsummed, so that ``Σ_k c_k = Δ^{qe}``
-    (``c_k = w_k (δ_fu^k + λ δ_st^k) / (1 + λ)``, ``w`` the normalised stage weights)."""
+    (``c_k = s·w_k (δ_fu^k + λ δ_st^k) / (1 + λ)``, ``w`` the normalised stage weights, ``s`` the
+    model's ``delta_scale``)."""
     b = len(query)
-    w = heads.stage_weights.normalized()  # (3,)
+    w = heads.config.delta_scale * heads.stage_weights.normalized()  # (3,)
     fu = heads.regressors["fu"](decode_stages(heads.decoders["fu"], query.fused, exemplar.fused))[:b] * w
     if not heads.config.use_static:
         return fu  # (B, 3)
