@@ -274,7 +274,7 @@ def test_comparison_table_from_one_command(project: Path) -> None:
     assert rows[0]["vs_reference"] is None and rows[-1]["vs_reference"]["rho"]["resamples"] == 200
     predictions = (project / "data/compare/predictions.csv").read_text().splitlines()
     assert predictions[0] == '"variant","seed","id","difficulty","true_score","predicted_score"'
-    assert len(predictions) == 1 + test_count * (2 * 7 + 2)  # 7 trained rows x 2 seeds, 2 table-only rows
+    assert len(predictions) == 1 + test_count * (2 * 8 + 2)  # 8 trained rows x 2 seeds, 2 table-only rows
     markdown = (project / "data/compare/comparison.md").read_text()
     assert all(f"| {name} |" in markdown for name in names)
     # the main pipeline's `dvc repro` does not run the comparison
